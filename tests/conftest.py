@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny configs, a randomised HF peer, seeding. No test touches the network."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: nothing here may download
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def randomize_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give BatchNorm statistics/affines and LayerNorm affines non-default values so mapping mistakes show."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(1 + torch.randn(m.weight.shape, generator=g) * 0.2)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+                m.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=g)))
+            elif isinstance(m, torch.nn.LayerNorm):
+                m.weight.copy_(1 + torch.randn(m.weight.shape, generator=g) * 0.2)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+    return model
+
+
+TINY_HF = dict(
+    embed_dim=[16, 32, 48],
+    num_heads=[1, 2, 3],
+    depth=[1, 2, 3],  # HF indexes per-block drop-path rates by stage: depth must exceed the stage index
+    num_labels=10,
+)
+
+
+def hf_model(**kwargs):
+    """A random ``transformers.CvtForImageClassification`` in eval mode with randomised norms."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.CvtConfig(**kwargs)
+    return randomize_norms(transformers.CvtForImageClassification(cfg)).eval()
+
+
+@pytest.fixture(scope="session")
+def hf_cvt13_dir(tmp_path_factory):
+    """A random HF cvt-13 (1000 classes, randomised norms) saved with ``save_pretrained``."""
+    torch.manual_seed(1)
+    model = hf_model(num_labels=1000)
+    path = tmp_path_factory.mktemp("hf_cvt13")
+    model.save_pretrained(path)
+    return path, model
+
+
+@pytest.fixture(scope="session")
+def hf_tiny_dir(tmp_path_factory):
+    torch.manual_seed(2)
+    model = hf_model(**TINY_HF)
+    path = tmp_path_factory.mktemp("hf_tiny")
+    model.save_pretrained(path)
+    return path, model

@@ -1,0 +1,151 @@
+"""Every weight layout loads; bad files give one clear error each; writes are atomic."""
+
+import os
+import pickle
+
+import pytest
+import torch
+
+import cvt
+from cvt.weights.convert import convert_state_dict
+from cvt.weights.io import WeightsError, read_weights, save_hf, save_native, save_official
+
+
+@pytest.fixture
+def tiny():
+    from conftest import randomize_norms
+
+    return randomize_norms(cvt.create_model("cvt-tiny")).eval()
+
+
+def _same(a, b, x=None):
+    x = torch.randn(2, 3, 64, 64) if x is None else x
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+
+
+def test_every_layout_loads_to_the_same_model(tiny, tmp_path):
+    sd = tiny.state_dict()
+    off = convert_state_dict(sd, "native", "official")
+    torch.save(off, tmp_path / "plain.pth")
+    torch.save({"state_dict": off, "epoch": 3}, tmp_path / "wrapped_state_dict.pth")
+    torch.save({"model": {"module." + k: v for k, v in off.items()}}, tmp_path / "wrapped_model_ddp.pth")
+    save_native(sd, tiny.config, tmp_path / "native.safetensors")
+    save_native(sd, tiny.config, tmp_path / "native_dir")
+    save_hf(sd, tiny.config, tmp_path / "hf_dir")
+    save_official(sd, tmp_path / "official.pth")
+    hf_sd = convert_state_dict(sd, "native", "hf")
+    torch.save(hf_sd, tmp_path / "pytorch_model.bin")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in hf_sd.items()}, str(tmp_path / "bare_hf.safetensors"))
+    expected = {"plain.pth": "official", "wrapped_state_dict.pth": "official", "wrapped_model_ddp.pth": "official",
+                "native.safetensors": "native", "native_dir": "native", "hf_dir": "hf", "official.pth": "official",
+                "pytorch_model.bin": "hf", "bare_hf.safetensors": "hf"}  # fmt: skip
+    for name, fmt in expected.items():
+        loaded = read_weights(tmp_path / name)
+        assert loaded.source_format == fmt, name
+        model = cvt.create_model("cvt-tiny", weights=tmp_path / name)
+        _same(model, tiny)
+    # self-describing files need no name
+    _same(cvt.create_model(weights=tmp_path / "native.safetensors"), tiny)
+    assert cvt.create_model(weights=tmp_path / "native.safetensors").config == tiny.config
+
+
+def test_official_pth_architecture_is_inferred(tmp_path):
+    model = cvt.create_model("cvt-13").eval()
+    save_official(model.state_dict(), tmp_path / "CvT-13-224x224-IN-1k.pth")
+    again = cvt.create_model(weights=tmp_path / "CvT-13-224x224-IN-1k.pth")
+    assert again.config.name == "cvt-13" and again.config == model.config.replace(extra={})
+    _same(again, model, torch.randn(1, 3, 96, 96))
+
+
+def test_new_head_for_fine_tuning(tiny, tmp_path):
+    save_native(tiny.state_dict(), tiny.config, tmp_path / "w.safetensors")
+    model = cvt.create_model("cvt-tiny", weights=tmp_path / "w.safetensors", num_classes=3)
+    assert model.head.out_features == 3 and "new head" in str(model.load_report)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():  # backbone is the file's
+        torch.testing.assert_close(model.forward_head(model.forward_features(x), pre_logits=True),
+                                   tiny.forward_head(tiny.forward_features(x), pre_logits=True))  # fmt: skip
+    features = cvt.create_model("cvt-tiny", weights=tmp_path / "w.safetensors", num_classes=0)
+    assert features(x).shape == (1, 48)
+
+
+def test_wrong_architecture_has_a_readable_report(tmp_path):
+    save_native(cvt.create_model("cvt-tiny").state_dict(), cvt.get_config("cvt-tiny"), tmp_path / "t.safetensors")
+    with pytest.raises(WeightsError) as e:
+        cvt.create_model("cvt-13", weights=tmp_path / "t.safetensors")
+    msg = str(e.value)
+    assert msg.startswith(str(tmp_path / "t.safetensors")) and "shape mismatch" in msg and "missing in file" in msg
+    assert "stages.0.patch_embed.proj.weight: file (16, 3, 7, 7) vs model (64, 3, 7, 7)" in msg
+    model = cvt.create_model("cvt-13", weights=tmp_path / "t.safetensors", strict=False)
+    assert not model.load_report.ok
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def _bad_files(tmp_path, tiny):
+    good = tmp_path / "good.pth"
+    save_official(tiny.state_dict(), good)
+    data = good.read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    save_native(tiny.state_dict(), tiny.config, tmp_path / "good.safetensors")
+    st = (tmp_path / "good.safetensors").read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(st[: len(st) // 2])
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"stage0.patch_embed.proj.weight": _Evil()}, f)
+    torch.save({"conv1.weight": torch.zeros(2), "fc.bias": torch.zeros(2)}, tmp_path / "resnet.pth")
+    (tmp_path / "notes.txt").write_text("these are not weights\n")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    return {
+        "truncated.pth": "truncated or corrupt",
+        "truncated.safetensors": "truncated or corrupt",
+        "evil.pth": "refused to load",
+        "resnet.pth": "not a CvT state dict",
+        "notes.txt": "not a weight file",
+        "empty.pth": "empty file",
+        "picture.png": "not a weight file",
+        "missing.pth": "no such file",
+    }
+
+
+def test_bad_files_give_one_clear_error_each(tmp_path, tiny):
+    for name, problem in _bad_files(tmp_path, tiny).items():
+        with pytest.raises(WeightsError) as e:
+            cvt.create_model("cvt-tiny", weights=tmp_path / name)
+        msg = str(e.value)
+        assert msg.startswith(str(tmp_path / name)), msg
+        assert problem in msg, (name, msg)
+        assert "\n" not in msg
+
+
+def test_evil_pickle_never_runs(tmp_path, tiny, monkeypatch):
+    _bad_files(tmp_path, tiny)
+    calls = []
+    monkeypatch.setattr(os, "system", lambda *a: calls.append(a))
+    with pytest.raises(WeightsError):
+        read_weights(tmp_path / "evil.pth")
+    assert calls == []
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, tiny, monkeypatch):
+    target = tmp_path / "w.safetensors"
+    save_native(tiny.state_dict(), tiny.config, target)
+    before = target.read_bytes()
+    import safetensors.torch
+
+    def boom(sd, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    with pytest.raises(OSError):
+        save_native(tiny.state_dict(), tiny.config, target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]  # no temp files left
