@@ -9,6 +9,7 @@ from .config import ConfigError, CvTConfig, StageConfig
 from .factory import create_model
 from .flops import count_macs, count_params
 from .model import CvT, count_parameters
+from .predict import Prediction, Predictor
 from .registry import CHECKPOINTS, get_config, list_models
 from .weights.io import WeightsError
 
@@ -19,6 +20,8 @@ __all__ = [
     "ConfigError",
     "CvT",
     "CvTConfig",
+    "Prediction",
+    "Predictor",
     "StageConfig",
     "WeightsError",
     "__version__",

@@ -16,7 +16,13 @@ from collections.abc import Sequence
 from .commands import UsageError, UserError
 
 # Order = order in --help. Each module registers one or more verbs.
-COMMAND_MODULES = ["cvt.commands.models", "cvt.commands.convert"]
+COMMAND_MODULES = [
+    "cvt.commands.models",
+    "cvt.commands.convert",
+    "cvt.commands.predict",
+    "cvt.commands.export",
+    "cvt.commands.bench",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,12 +14,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+QUICK_GELU_ALPHA = 1.702
+
 
 class QuickGELU(nn.Module):
     """``x * sigmoid(1.702 x)``: the activation the released CvT weights were trained with."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        return x * torch.sigmoid(QUICK_GELU_ALPHA * x)
+
+
+def fast_path(module: nn.Module) -> bool:
+    """True where inference-only rewrites apply: eval mode, no autograd, not being traced by a compiler.
+
+    The rewrites (BatchNorm folded into the depthwise convolutions, QuickGELU as one SiLU kernel with its
+    scales folded into the MLP weights) leave parameters and state dict untouched; they are cached per
+    parameter version, so an optimizer step or ``load_state_dict`` invalidates them.
+    """
+    return not module.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
+def _version_key(*tensors: torch.Tensor) -> tuple:
+    return tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
 
 
 def make_activation(name: str) -> nn.Module:
@@ -92,7 +108,24 @@ class ConvProjection(nn.Module):
         self.conv = nn.Conv2d(dim, dim, kernel_size, stride=stride, padding=padding, groups=dim, bias=False)
         self.bn = nn.BatchNorm2d(dim)
 
+        self._folded: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weight, bias)`` of the single depthwise conv equal to ``bn(conv(x))`` in eval mode."""
+        bn = self.bn
+        key = _version_key(self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        if self._folded is None or self._folded[0] != key:
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (C,)
+            weight = self.conv.weight * scale.view(-1, 1, 1, 1)
+            bias = bn.bias - bn.running_mean * scale
+            self._folded = (key, weight, bias)
+        return self._folded[1], self._folded[2]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast_path(self) and self.bn.track_running_stats and self.bn.running_var is not None:
+            weight, bias = self.folded()
+            c = self.conv
+            return F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
         return self.bn(self.conv(x))
 
 
@@ -163,8 +196,11 @@ class Attention(nn.Module):
         """``x: (B, N, C)`` -> ``(B, N, C)``; with ``return_attn`` also the ``(B, heads, Nq, Nk)`` weights."""
         b, _, c = x.shape
         if self.with_cls_token:
-            cls, x = x[:, :1], x[:, 1:]
-        fmap = x.transpose(1, 2).reshape(b, c, h, w)  # (B, HW, C) -> (B, C, H, W)
+            # NOTE: the slice x[:, 1:] is not a dense channels-last map; depthwise convs on such strides
+            # take a slow path in oneDNN (up to 10x), so pay for one small copy instead.
+            cls, x = x[:, :1], x[:, 1:].contiguous()
+        # (B, HW, C) -> (B, C, H, W) as a view: channels-last memory, which is the fast depthwise-conv layout
+        fmap = x.transpose(1, 2).reshape(b, c, h, w)
         q = _to_tokens(self.conv_proj_q(fmap))  # (B, Hq*Wq, C)
         k = _to_tokens(self.conv_proj_k(fmap))  # (B, Hk*Wk, C)
         v = _to_tokens(self.conv_proj_v(fmap))
@@ -194,7 +230,20 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
+        self._folded: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+
+    def _quick_gelu_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """fc1 scaled by 1.702 and fc2 by 1/1.702: ``fc2(quick_gelu(fc1 x)) = fc2'(silu(fc1' x))``."""
+        key = _version_key(self.fc1.weight, self.fc1.bias, self.fc2.weight)
+        if self._folded is None or self._folded[0] != key:
+            self._folded = (key, self.fc1.weight * QUICK_GELU_ALPHA, self.fc2.weight / QUICK_GELU_ALPHA)
+        return self._folded[1], self._folded[2]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.act, QuickGELU) and fast_path(self):
+            w1, w2 = self._quick_gelu_weights()
+            h = F.silu(F.linear(x, w1, self.fc1.bias * QUICK_GELU_ALPHA), inplace=True)  # one fused kernel
+            return F.linear(h, w2, self.fc2.bias)
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 

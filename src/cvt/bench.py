@@ -1,0 +1,288 @@
+"""Benchmark cvt-torch against HF transformers' CvT carrying the same weights.
+
+Runs are interleaved (ours, peer, ours, peer, ...) in one process so both see the same machine state; the
+report gives medians, the ratio peer/ours (> 1: we are faster), the achieved GFLOP/s against a matmul peak
+measured at the start of the run, and each side's peak memory, measured in a fresh child process per side
+(``VmHWM`` after resetting it with ``/proc/self/clear_refs``), so the two do not share a high-water mark.
+
+Cases are strings ``infer-<res>-b<batch>`` or ``train-<res>-b<batch>`` (forward, backward, AdamW step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+DEFAULT_CASES = ("infer-224-b1", "infer-224-b32", "infer-384-b8", "train-224-b32")
+
+
+@dataclass
+class Case:
+    kind: str  # "infer" | "train"
+    res: int
+    batch: int
+
+    @classmethod
+    def parse(cls, text: str) -> Case:
+        m = re.fullmatch(r"(infer|train)-(\d+)-b(\d+)", text)
+        if not m:
+            raise ValueError(f"case {text!r}: expected infer-<res>-b<batch> or train-<res>-b<batch>")
+        return cls(m.group(1), int(m.group(2)), int(m.group(3)))
+
+    def __str__(self) -> str:
+        return f"{self.kind}-{self.res}-b{self.batch}"
+
+
+@dataclass
+class Result:
+    case: str
+    impl: str
+    times_s: list[float]
+    gflop_per_s: float
+    peak_mem_mb: float | None = None
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+
+@dataclass
+class Report:
+    model: str
+    threads: int
+    torch_version: str
+    peak_gflop_per_s: float
+    results: list[Result] = field(default_factory=list)
+
+    def ratio(self, case: str, impl: str, ref: str = "ours") -> float | None:
+        by = {(r.case, r.impl): r for r in self.results}
+        if (case, impl) not in by or (case, ref) not in by:
+            return None
+        return by[(case, impl)].median_s / by[(case, ref)].median_s
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["ratios_peer_over_ours"] = {
+            c: self.ratio(c, "hf") for c in dict.fromkeys(r.case for r in self.results) if self.ratio(c, "hf")
+        }
+        return json.dumps(d, indent=2)
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GEMM GFLOP/s on this machine and thread count (the physical ceiling for CvT's Linear layers)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def build_pair(model_name: str, with_peer: bool = True) -> dict[str, nn.Module]:
+    """Our model and (optionally) ``transformers.CvtForImageClassification`` with identical weights."""
+    from .factory import create_model
+    from .weights.convert import convert_state_dict
+
+    ours = create_model(model_name)
+    models: dict[str, nn.Module] = {"ours": ours}
+    if with_peer:
+        import transformers
+
+        hf = transformers.CvtForImageClassification(transformers.CvtConfig(**ours.config.to_hf_config()))
+        hf.load_state_dict(convert_state_dict(ours.state_dict(), "native", "hf"))
+        models["hf"] = _HFLogits(hf)
+    return models
+
+
+class _HFLogits(nn.Module):
+    def __init__(self, hf: nn.Module):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hf(pixel_values=x).logits
+
+
+class _OnnxModel(nn.Module):
+    """Our model exported to ONNX (dynamic batch and size) and run by onnxruntime on the CPU."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        import tempfile
+
+        import onnxruntime as ort
+
+        from .export import export_model
+
+        path = os.path.join(tempfile.mkdtemp(prefix="cvt-bench-"), "model.onnx")
+        export_model(model.eval(), path, "onnx")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # do not steal the other side's cores
+        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(["logits"], {"pixel_values": x.numpy()})[0])
+
+
+def make_step(model: nn.Module, case: Case) -> Callable[[], None]:
+    """A zero-argument callable running one iteration of ``case`` on ``model``."""
+    x = torch.randn(case.batch, 3, case.res, case.res)
+    if case.kind == "infer":
+        model.eval()
+
+        def infer() -> None:
+            with torch.inference_mode():
+                model(x)
+
+        return infer
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    with torch.no_grad():
+        num_classes = model(x[:1]).shape[-1]
+    target = torch.randint(0, num_classes, (case.batch,))
+
+    def train() -> None:
+        loss = nn.functional.cross_entropy(model(x), target)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return train
+
+
+def _peak_memory_child(model_name: str, impl: str, case: str) -> float | None:
+    """Peak extra resident memory (MB) of one iteration, measured in a fresh process."""
+    code = (
+        "import sys, torch; from cvt.bench import _measure_memory_here; "
+        f"print(_measure_memory_here({model_name!r}, {impl!r}, {case!r}))"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    try:
+        return float(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def _status_kb(field_name: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise KeyError(field_name)
+
+
+def _measure_memory_here(model_name: str, impl: str, case_text: str) -> float:
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    case = Case.parse(case_text)
+    model = build_pair(model_name, with_peer=impl == "hf")[impl]
+    step = make_step(model, case)
+    step()  # warm-up: allocator pools, oneDNN primitives, optimizer state
+    gc.collect()
+    before = _status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
+        f.write("5")
+    step()
+    return (_status_kb("VmHWM") - before) / 1024
+
+
+def run_benchmark(
+    model_name: str = "cvt-13",
+    cases: list[str] | tuple[str, ...] = DEFAULT_CASES,
+    repeats: int = 5,
+    with_peer: bool = True,
+    memory: bool = True,
+    compile_ours: bool = False,
+    onnx: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
+    """Interleaved timing of every case for ours (+ HF, + torch.compile'd ours); see the module docstring."""
+    from .flops import count_macs
+
+    say = progress or (lambda s: None)
+    peak = matmul_peak()
+    report = Report(model_name, torch.get_num_threads(), torch.__version__, peak)
+    say(f"matmul peak {peak:.0f} GFLOP/s on {torch.get_num_threads()} threads")
+    models = build_pair(model_name, with_peer)
+    if compile_ours:
+        models["ours-compiled"] = torch.compile(build_pair(model_name, with_peer=False)["ours"])
+    config = models["ours"].config  # type: ignore[attr-defined]
+    if onnx:
+        models["onnxruntime"] = _OnnxModel(models["ours"])
+    for text in cases:
+        case = Case.parse(text)
+        flop = 2 * count_macs(config, case.res) * case.batch * (3 if case.kind == "train" else 1)
+        steps = {
+            impl: make_step(m, case) for impl, m in models.items() if case.kind == "infer" or impl != "onnxruntime"
+        }
+        for step in steps.values():  # warm-up (and compilation) outside the timings
+            step()
+        times: dict[str, list[float]] = {impl: [] for impl in steps}
+        for _ in range(repeats):
+            for impl, step in steps.items():
+                t0 = time.perf_counter()
+                step()
+                times[impl].append(time.perf_counter() - t0)
+        for impl, ts in times.items():
+            med = statistics.median(ts)
+            mem = _peak_memory_child(model_name, impl, text) if memory and impl in ("ours", "hf") else None
+            report.results.append(Result(text, impl, ts, flop / med / 1e9, mem))
+            say(f"{text:<15} {impl:<14} {med * 1000:9.1f} ms  {flop / med / 1e9:6.1f} GFLOP/s")
+        with contextlib.suppress(Exception):
+            del steps
+        gc.collect()
+    return report
+
+
+def format_table(report: Report) -> str:
+    """A Markdown table: case, ours, peer, ratio, GFLOP/s and % of the matmul peak, peak memory."""
+    extras = [i for i in ("ours-compiled", "onnxruntime") if any(r.impl == i for r in report.results)]
+    lines = [
+        f"{report.model}, fp32, {report.threads} threads, torch {report.torch_version}, "
+        f"matmul peak {report.peak_gflop_per_s:.0f} GFLOP/s",
+        "",
+        "| case | ours ms | HF ms | HF/ours | ours GFLOP/s (% peak) | ours MB | HF MB | ours/HF mem |"
+        + "".join(f" {i} ms | HF/{i} |" for i in extras),
+        "|---|---|---|---|---|---|---|---|" + "---|---|" * len(extras),
+    ]
+    by = {(r.case, r.impl): r for r in report.results}
+    for case in dict.fromkeys(r.case for r in report.results):
+        ours, hf = by.get((case, "ours")), by.get((case, "hf"))
+        assert ours is not None
+
+        def ms(r: Result | None) -> str:
+            return f"{r.median_s * 1000:.0f}" if r else "-"
+
+        def mb(r: Result | None) -> str:
+            return f"{r.peak_mem_mb:.0f}" if r and r.peak_mem_mb is not None else "-"
+
+        ratio = f"**{hf.median_s / ours.median_s:.2f}x**" if hf else "-"
+        mem_ratio = (
+            f"{ours.peak_mem_mb / hf.peak_mem_mb:.2f}"
+            if hf and ours.peak_mem_mb and hf.peak_mem_mb and hf.peak_mem_mb > 0
+            else "-"
+        )
+        pct = 100 * ours.gflop_per_s / report.peak_gflop_per_s
+        row = f"| {case} | {ms(ours)} | {ms(hf)} | {ratio} | {ours.gflop_per_s:.0f} ({pct:.0f}%) | {mb(ours)} | "
+        row += f"{mb(hf)} | {mem_ratio} |"
+        for impl in extras:
+            other = by.get((case, impl))
+            row += f" {ms(other)} | " + (f"{hf.median_s / other.median_s:.2f}x |" if hf and other else "- |")
+        lines.append(row)
+    return "\n".join(lines)

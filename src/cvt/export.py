@@ -1,0 +1,165 @@
+"""Export a CvT to ONNX, TorchScript or a ``torch.export`` ExportedProgram, each verified against eager.
+
+Every exporter gets a dynamic batch dimension; ONNX and the ExportedProgram also get dynamic height and width
+(CvT has no positional embedding). The PT2 exporters specialise maps of size 1, so a dynamic-size export
+is valid for inputs whose every map, key/value maps included, is at least 2x2 (>= 64x64 for the released
+models; the exporter records that as a guard). After writing, the file is
+loaded back and run on several shapes; the largest absolute difference to eager PyTorch must be <= ``atol``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .weights.io import atomic_write
+
+FORMATS = ("onnx", "torchscript", "exported-program")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
+
+
+class ExportError(RuntimeError):
+    """An export that failed or does not reproduce eager outputs."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: float
+    checked_shapes: list[tuple[int, ...]] = field(default_factory=list)
+
+
+class _Logits(nn.Module):
+    """A plain ``forward(pixel_values) -> logits`` wrapper (one input, one output, no Python options)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values)
+
+
+def default_check_shapes(img_size: int, dynamic_hw: bool) -> list[tuple[int, int, int, int]]:
+    shapes = [(1, 3, img_size, img_size), (3, 3, img_size, img_size)]
+    if dynamic_hw:
+        shapes.append((2, 3, img_size + 32, img_size + 16))
+    return shapes
+
+
+def export_model(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    fmt: str = "onnx",
+    img_size: int | None = None,
+    dynamic_hw: bool = True,
+    atol: float = 1e-4,
+    check_shapes: Sequence[tuple[int, int, int, int]] | None = None,
+    opset: int = 18,
+) -> ExportResult:
+    """Export ``model`` (eval mode) to ``path`` and verify it.
+
+    Args:
+        model: a :class:`~cvt.model.CvT` (or any image model with ``forward(x) -> logits``).
+        path: output file (written atomically).
+        fmt: ``"onnx"``, ``"torchscript"`` or ``"exported-program"``.
+        img_size: example resolution (default: ``model.config.img_size``).
+        dynamic_hw: make height and width dynamic too (ONNX, ExportedProgram; TorchScript traces are
+            shape-generic for this model anyway, and are checked on the same shapes).
+        atol: largest accepted absolute difference to eager on the check shapes.
+        check_shapes: input shapes to verify on (default: batch 1 and 3, and a non-square size).
+
+    Raises:
+        ExportError: the exporter failed, or outputs differ by more than ``atol``.
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
+    path = Path(path)
+    if fmt == "exported-program" and path.suffix != ".pt2":
+        raise ExportError(f"{path}: an ExportedProgram file must end in .pt2")
+    size = img_size or getattr(getattr(model, "config", None), "img_size", 224)
+    wrapped = _Logits(model).eval()
+    # batch 2 example: exporting with batch 1 lets the exporter specialise the batch dimension to 1
+    example = torch.randn(2, 3, size, size)
+    shapes = list(check_shapes or default_check_shapes(size, dynamic_hw))
+    try:
+        if fmt == "onnx":
+            _export_onnx(wrapped, example, path, dynamic_hw, opset)
+            runner = _onnx_runner(path)
+        elif fmt == "torchscript":
+            with torch.no_grad():
+                traced = torch.jit.trace(wrapped, example, check_trace=False)
+            atomic_write(path, lambda tmp: torch.jit.save(traced, str(tmp)))
+            loaded = torch.jit.load(str(path))
+            runner = loaded
+        else:
+            program = _export_program(wrapped, example, dynamic_hw)
+            atomic_write(path, lambda tmp: torch.export.save(program, str(tmp)))
+            runner = torch.export.load(str(path)).module()
+    except ExportError:
+        raise
+    except Exception as e:  # exporters raise many types; report one line
+        raise ExportError(f"{fmt} export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+    worst = 0.0
+    for shape in shapes:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            ref = wrapped(x)
+            got = runner(x)
+        diff = (torch.as_tensor(got) - ref).abs().max().item()
+        worst = max(worst, diff)
+        if not diff <= atol:
+            raise ExportError(f"{path}: {fmt} output differs from eager by {diff:.3g} > {atol} at input {shape}")
+    return ExportResult(path, fmt, worst, [tuple(s) for s in shapes])
+
+
+def _dims(dynamic_hw: bool) -> dict[int, object]:
+    dyn = torch.export.Dim.DYNAMIC
+    return {0: dyn, 2: dyn, 3: dyn} if dynamic_hw else {0: dyn}
+
+
+def _export_program(wrapped: nn.Module, example: torch.Tensor, dynamic_hw: bool) -> torch.export.ExportedProgram:
+    with torch.no_grad():
+        return torch.export.export(wrapped, (example,), dynamic_shapes={"pixel_values": _dims(dynamic_hw)})
+
+
+def _export_onnx(wrapped: nn.Module, example: torch.Tensor, path: Path, dynamic_hw: bool, opset: int) -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise ExportError("ONNX export needs the export extra: pip install 'cvt-torch[export]'") from None
+    with torch.no_grad():
+        program = torch.onnx.export(
+            wrapped,
+            (example,),
+            dynamo=True,
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_shapes={"pixel_values": _dims(dynamic_hw)},
+            opset_version=opset,
+            verbose=False,
+        )
+    atomic_write(path, lambda tmp: program.save(str(tmp)))
+
+
+def _onnx_runner(path: Path):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError("verifying ONNX needs onnxruntime: pip install 'cvt-torch[export]'") from None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(["logits"], {"pixel_values": x.numpy()})[0])
+
+    return run

@@ -1,0 +1,259 @@
+"""``Predictor``: build the model, its preprocessing and its class names once, then classify many images.
+
+>>> p = cvt.Predictor("cvt-13")                      # released checkpoint (downloaded once, cached)
+>>> p("cat.jpg")                                     # Prediction(path='cat.jpg', labels=[...], ...)
+>>> p([pil_image, np_hwc_uint8, "dog.png"], topk=3)  # a list in, a list out
+
+Inputs: paths, PIL images (any mode), numpy arrays (``(H, W)`` / ``(H, W, C)`` uint8 or uint16), uint8
+tensors ``(C, H, W)`` -- all decoded and preprocessed like the official evaluation -- and float tensors
+``(3, H, W)`` / ``(B, 3, H, W)``, taken as already-preprocessed model input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .data.labels import resolve_labels
+from .data.transforms import (
+    DEFAULT_MAX_PIXELS,
+    EvalPreprocess,
+    ImageError,
+    build_eval_transform,
+    load_image,
+    to_pil,
+)
+from .model import CvT
+from .registry import get_checkpoint, get_config
+
+DEFAULT_MODEL = "cvt-13"
+
+
+class PredictorError(ValueError):
+    """Arguments that cannot make a predictor (no weights for a name, bad ``topk`` ...)."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k for one image: ``labels[i]`` is class ``indices[i]`` with softmax probability ``probs[i]``."""
+
+    path: str | None  # the file, or None for an in-memory image
+    labels: list[str]
+    indices: list[int]
+    probs: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BatchResult:
+    """One batch of :meth:`Predictor.iter_files`: answers, failures, and (optionally) attention maps."""
+
+    predictions: list[Prediction]
+    failures: list[tuple[str, str]]  # (path, "path: reason")
+    inputs: torch.Tensor | None = None  # (B, 3, S, S): the preprocessed inputs of ``predictions``
+    heatmaps: torch.Tensor | None = None  # (B, H_kv, W_kv) with explain=True
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def preprocess_for(
+    model_name: str | None, config_img_size: int, weights: str | os.PathLike[str] | None
+) -> EvalPreprocess:
+    """The checkpoint's preprocessing: from the registry for a checkpoint name, else an HF
+    ``preprocessor_config.json`` beside the weights, else the released checkpoints' rule for the size."""
+    ckpt = get_checkpoint(model_name) if model_name else None
+    if ckpt is not None:
+        return EvalPreprocess(img_size=ckpt.img_size, crop_pct=ckpt.crop_pct)
+    if weights is not None:
+        w = Path(weights)
+        proc = (w if w.is_dir() else w.parent) / "preprocessor_config.json"
+        if proc.is_file():
+            try:
+                return EvalPreprocess.from_hf_processor(json.loads(proc.read_text()))
+            except (OSError, ValueError) as e:
+                raise PredictorError(f"{proc}: unusable preprocessing settings ({e})") from None
+    return EvalPreprocess.for_size(config_img_size)
+
+
+class _Files(Dataset):
+    """Paths -> ``(index, (3, S, S) tensor or None, error message or None)``; never raises for bad files."""
+
+    def __init__(self, paths: Sequence[str], transform: Any, max_pixels: int | None):
+        self.paths, self.transform, self.max_pixels = list(paths), transform, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        path = self.paths[i]
+        try:
+            return i, self.transform(load_image(path, self.max_pixels)), None
+        except ImageError as e:
+            msg = str(e)
+            return i, None, msg if msg.startswith(f"{path}: ") else f"{path}: {msg}"
+        except MemoryError:
+            return i, None, f"{path}: too large to preprocess (out of memory)"
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[list[int], torch.Tensor | None, list]:
+    ok = [(i, x) for i, x, _ in items if x is not None]
+    bad = [(i, err) for i, x, err in items if x is None]
+    x = torch.stack([t for _, t in ok]) if ok else None
+    return [i for i, _ in ok], x, bad
+
+
+class Predictor:
+    """Classify images with a CvT; the model, transform and labels are built once.
+
+    Args:
+        model: a checkpoint or architecture name, a :class:`~cvt.model.CvT`, or ``None`` (``"cvt-13"``, or
+            the architecture ``weights`` describes).
+        weights: a local weight file or directory (any layout ``create_model`` reads).
+        pretrained: download the released checkpoint ``model``; ``None``: yes for a checkpoint name without
+            ``weights``. ``False`` with no weights gives a randomly initialised model (demos, tests).
+        labels: a label file (lines or JSON) or a list of names; default: the model's own names (HF
+            ``id2label``), else ImageNet-1k for 1000 classes.
+        topk: how many classes per image (capped at the number of classes).
+        device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
+        preprocess: override the checkpoint's preprocessing.
+        activation: override the activation (``"quick_gelu"`` for released checkpoints, ``"gelu"`` for HF's).
+        batch_size, num_workers: for :meth:`iter_files` (and the batching of list inputs).
+        max_pixels: refuse image files with more pixels (decompression bombs).
+    """
+
+    def __init__(
+        self,
+        model: str | CvT | None = None,
+        *,
+        weights: str | os.PathLike[str] | None = None,
+        pretrained: bool | None = None,
+        labels: str | os.PathLike[str] | Sequence[str] | None = None,
+        topk: int = 5,
+        device: str | torch.device | None = None,
+        preprocess: EvalPreprocess | None = None,
+        activation: str | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
+        if topk < 1 or batch_size < 1 or num_workers < 0:
+            raise PredictorError("topk and batch_size must be >= 1 and num_workers >= 0")
+        self.device = torch.device(device or default_device())
+        self.model = self._build(model, weights, pretrained, activation).to(self.device).eval()
+        name = model if isinstance(model, str) else None
+        self.preprocess = preprocess or preprocess_for(name, self.model.config.img_size, weights)
+        self.transform = build_eval_transform(self.preprocess)
+        self.labels = resolve_labels(self.model.num_classes, self.model.config.extra.get("labels"), labels)
+        self.topk, self.batch_size, self.num_workers, self.max_pixels = topk, batch_size, num_workers, max_pixels
+
+    @staticmethod
+    def _build(model: str | CvT | None, weights: Any, pretrained: bool | None, activation: str | None) -> CvT:
+        from .factory import create_model
+
+        if isinstance(model, CvT):
+            if weights is not None or pretrained:
+                raise PredictorError("give a CvT instance or weights/pretrained, not both")
+            return model
+        if model is None and weights is None:
+            model = DEFAULT_MODEL
+        if model is not None:
+            get_config(model)  # UnknownModelError for a misspelt name, before anything else
+        if pretrained is None:
+            pretrained = weights is None and model is not None and get_checkpoint(model) is not None
+            if weights is None and not pretrained:
+                raise PredictorError(f"{model!r} has no released weights: pass weights= (or pretrained=False)")
+        built = create_model(model, weights=weights, pretrained=pretrained, activation=activation)
+        if built.num_classes < 1:
+            raise PredictorError("the model has no classification head (num_classes=0)")
+        return built
+
+    # ------------------------------------------------------------------ tensors
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` preprocessed input -> ``(B, num_classes)`` softmax probabilities (float32, CPU)."""
+        logits = self.model(x.to(self.device, torch.float32))
+        return logits.float().softmax(dim=-1).cpu()
+
+    def _records(self, probs: torch.Tensor, paths: Sequence[str | None], topk: int | None) -> list[Prediction]:
+        k = min(topk or self.topk, probs.shape[-1])
+        values, indices = probs.topk(k, dim=-1)  # (B, k)
+        return [
+            Prediction(path, [self.labels[i] for i in idx], idx, [float(v) for v in val])
+            for path, idx, val in zip(paths, indices.tolist(), values)
+        ]
+
+    def prepare(self, item: Any) -> torch.Tensor:
+        """One input (path, PIL, array, uint8 tensor) -> ``(3, S, S)`` preprocessed tensor."""
+        if isinstance(item, (str, os.PathLike)):
+            return self.transform(load_image(item, self.max_pixels))
+        if isinstance(item, torch.Tensor) and item.is_floating_point():
+            if item.ndim != 3:
+                raise ImageError(f"float tensors are model input (3, H, W) or (B, 3, H, W); got {tuple(item.shape)}")
+            return item
+        return self.transform(to_pil(item))
+
+    # ------------------------------------------------------------------ public calls
+    def predict(self, inputs: Sequence[Any] | torch.Tensor, topk: int | None = None) -> list[Prediction]:
+        """Top-k for each input (raises :class:`~cvt.data.transforms.ImageError` on an unusable one)."""
+        if isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and inputs.ndim == 4:
+            return self._records(self.probabilities(inputs), [None] * len(inputs), topk)
+        out: list[Prediction] = []
+        items = list(inputs)
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            x = torch.stack([self.prepare(it) for it in chunk])
+            paths = [os.fspath(it) if isinstance(it, (str, os.PathLike)) else None for it in chunk]
+            out.extend(self._records(self.probabilities(x), paths, topk))
+        return out
+
+    def __call__(self, inputs: Any, topk: int | None = None) -> Prediction | list[Prediction]:
+        """One input -> one :class:`Prediction`; a list (or a ``(B, 3, H, W)`` float tensor) -> a list."""
+        single = not isinstance(inputs, (list, tuple)) and not (
+            isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and inputs.ndim == 4
+        )
+        out = self.predict([inputs] if single else inputs, topk)
+        return out[0] if single else out
+
+    def iter_files(
+        self, paths: Sequence[str], topk: int | None = None, explain: bool = False, progress: bool = False
+    ) -> Iterator[BatchResult]:
+        """Classify files in batches (decoding in ``num_workers`` DataLoader workers), in input order.
+
+        Bad files never stop the run: they come back in ``BatchResult.failures`` as ``"path: reason"``.
+        With ``explain`` each batch also carries its inputs and last-layer cls attention maps.
+        """
+        from tqdm import tqdm
+
+        loader = DataLoader(
+            _Files(paths, self.transform, self.max_pixels),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+        )
+        with tqdm(total=len(paths), unit="img", disable=not progress, dynamic_ncols=True) as bar:
+            for indices, x, bad in loader:
+                result = BatchResult([], [(paths[i], msg) for i, msg in bad])
+                if x is not None:
+                    result.predictions = self._records(self.probabilities(x), [paths[i] for i in indices], topk)
+                    if explain:
+                        from .explain import cls_attention
+
+                        result.inputs = x
+                        result.heatmaps = cls_attention(self.model, x.to(self.device)).cpu()
+                bar.update(len(indices) + len(bad))
+                yield result
+
+
+__all__ = ["BatchResult", "Prediction", "Predictor", "PredictorError", "preprocess_for"]
