@@ -71,3 +71,31 @@ def test_state_dict_unchanged_by_inference():
         model(torch.randn(1, 3, 64, 64))
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_quick_gelu_mlp_training_gradients_equal_reference():
+    torch.manual_seed(0)
+    mlp = Mlp(16, 64, QuickGELU()).train()
+    x = torch.randn(4, 7, 16, requires_grad=True)
+    mlp(x).square().sum().backward()
+    fast = {n: p.grad.clone() for n, p in mlp.named_parameters()} | {"x": x.grad.clone()}
+    mlp.zero_grad()
+    x.grad = None
+    ref = mlp.fc2(mlp.act(mlp.fc1(x)))  # the textbook composition x * sigmoid(1.702 x)
+    ref.square().sum().backward()
+    for n, p in mlp.named_parameters():
+        torch.testing.assert_close(fast[n], p.grad, rtol=1e-4, atol=1e-5, msg=n)
+    torch.testing.assert_close(fast["x"], x.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["dw_bn", "avg", "linear"])
+def test_cls_only_last_block_equals_full_path(method):
+    base = cvt.get_config("cvt-tiny")
+    cfg = base.replace(stages=tuple(dataclasses.replace(s, qkv_proj_method=method) for s in base.stages))
+    model = randomize_norms(CvT(cfg)).eval()
+    x = torch.randn(3, 3, 72, 64)
+    with torch.no_grad():
+        full = model.forward_head(model.forward_features(x))  # every token through the last block
+        torch.testing.assert_close(model(x), full, rtol=0, atol=1e-5)
+        cls = model.stages[-1].forward_cls(model.forward_intermediates(x, indices=[1])[0])
+        torch.testing.assert_close(cls, model.forward_features(x)[:, :1], rtol=0, atol=1e-5)

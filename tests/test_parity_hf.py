@@ -37,7 +37,7 @@ def test_cvt13_matches_transformers(hf_cvt13_dir, shape):
     with torch.no_grad():
         hs = hf(pixel_values=x, output_hidden_states=True).hidden_states
         for a, b in zip(model.forward_intermediates(x), hs):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # maps reach |x| ~ 10: relative too
 
 
 def test_quick_gelu_matches_transformers_with_quick_gelu_swapped_in(hf_tiny_dir):

@@ -64,6 +64,8 @@ class Report:
     threads: int
     torch_version: str
     peak_gflop_per_s: float
+    device: str = "cpu"
+    precision: str = "fp32"
     results: list[Result] = field(default_factory=list)
 
     def ratio(self, case: str, impl: str, ref: str = "ours") -> float | None:
@@ -80,14 +82,17 @@ class Report:
         return json.dumps(d, indent=2)
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 GEMM GFLOP/s on this machine and thread count (the physical ceiling for CvT's Linear layers)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 2048, repeats: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """Best GEMM GFLOP/s on this device and thread count (the physical ceiling for CvT's Linear layers)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     a @ b
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
 
@@ -140,30 +145,50 @@ class _OnnxModel(nn.Module):
         return torch.from_numpy(self.session.run(["logits"], {"pixel_values": x.numpy()})[0])
 
 
-def make_step(model: nn.Module, case: Case) -> Callable[[], None]:
-    """A zero-argument callable running one iteration of ``case`` on ``model``."""
-    x = torch.randn(case.batch, 3, case.res, case.res)
+def make_step(model: nn.Module, case: Case, device: str = "cpu", amp: str | None = None) -> Callable[[], None]:
+    """A zero-argument callable running one iteration of ``case`` on ``model`` (synchronised on CUDA).
+
+    ``amp``: ``None`` (fp32), ``"fp16"`` (autocast + GradScaler in training) or ``"bf16"`` (autocast).
+    """
+    model.to(device)
+    x = torch.randn(case.batch, 3, case.res, case.res, device=device)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp or "")
+    autocast = (lambda: torch.autocast(device, dtype=dtype)) if dtype else contextlib.nullcontext
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     if case.kind == "infer":
         model.eval()
 
         def infer() -> None:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast():
                 model(x)
+            sync()
 
         return infer
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device, enabled=amp == "fp16")
     with torch.no_grad():
         num_classes = model(x[:1]).shape[-1]
-    target = torch.randint(0, num_classes, (case.batch,))
+    target = torch.randint(0, num_classes, (case.batch,), device=device)
 
     def train() -> None:
-        loss = nn.functional.cross_entropy(model(x), target)
-        loss.backward()
-        opt.step()
+        with autocast():
+            loss = nn.functional.cross_entropy(model(x), target)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
+        sync()
 
     return train
+
+
+def _cuda_peak_mb(step: Callable[[], None]) -> float:
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
 def _peak_memory_child(model_name: str, impl: str, case: str) -> float | None:
@@ -210,14 +235,17 @@ def run_benchmark(
     memory: bool = True,
     compile_ours: bool = False,
     onnx: bool = False,
+    device: str = "cpu",
+    amp: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Interleaved timing of every case for ours (+ HF, + torch.compile'd ours); see the module docstring."""
     from .flops import count_macs
 
     say = progress or (lambda s: None)
-    peak = matmul_peak()
-    report = Report(model_name, torch.get_num_threads(), torch.__version__, peak)
+    gemm_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp or "", torch.float32)
+    peak = matmul_peak(4096 if device.startswith("cuda") else 2048, device=device, dtype=gemm_dtype)
+    report = Report(model_name, torch.get_num_threads(), torch.__version__, peak, device, amp or "fp32")
     say(f"matmul peak {peak:.0f} GFLOP/s on {torch.get_num_threads()} threads")
     models = build_pair(model_name, with_peer)
     if compile_ours:
@@ -229,7 +257,9 @@ def run_benchmark(
         case = Case.parse(text)
         flop = 2 * count_macs(config, case.res) * case.batch * (3 if case.kind == "train" else 1)
         steps = {
-            impl: make_step(m, case) for impl, m in models.items() if case.kind == "infer" or impl != "onnxruntime"
+            impl: make_step(m, case, device, amp)
+            for impl, m in models.items()
+            if case.kind == "infer" or impl != "onnxruntime"
         }
         for step in steps.values():  # warm-up (and compilation) outside the timings
             step()
@@ -241,7 +271,12 @@ def run_benchmark(
                 times[impl].append(time.perf_counter() - t0)
         for impl, ts in times.items():
             med = statistics.median(ts)
-            mem = _peak_memory_child(model_name, impl, text) if memory and impl in ("ours", "hf") else None
+            if not memory or impl not in ("ours", "hf"):
+                mem = None
+            elif device.startswith("cuda"):
+                mem = _cuda_peak_mb(steps[impl])
+            else:
+                mem = _peak_memory_child(model_name, impl, text)
             report.results.append(Result(text, impl, ts, flop / med / 1e9, mem))
             say(f"{text:<15} {impl:<14} {med * 1000:9.1f} ms  {flop / med / 1e9:6.1f} GFLOP/s")
         with contextlib.suppress(Exception):
@@ -254,7 +289,8 @@ def format_table(report: Report) -> str:
     """A Markdown table: case, ours, peer, ratio, GFLOP/s and % of the matmul peak, peak memory."""
     extras = [i for i in ("ours-compiled", "onnxruntime") if any(r.impl == i for r in report.results)]
     lines = [
-        f"{report.model}, fp32, {report.threads} threads, torch {report.torch_version}, "
+        f"{report.model}, {report.precision} on {report.device}, {report.threads} threads, "
+        f"torch {report.torch_version}, "
         f"matmul peak {report.peak_gflop_per_s:.0f} GFLOP/s",
         "",
         "| case | ours ms | HF ms | HF/ours | ours GFLOP/s (% peak) | ours MB | HF MB | ours/HF mem |"

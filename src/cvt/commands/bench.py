@@ -32,6 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the per-side peak-memory child processes")
     p.add_argument("--compile", action="store_true", help="add a torch.compile'd column for ours")
     p.add_argument("--onnx", action="store_true", help="add an onnxruntime column (inference cases)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
+    p.add_argument(
+        "--amp",
+        choices=("fp16", "bf16"),
+        default=None,
+        help="autocast precision (CUDA; bf16 is ~8x slower than fp32 on CPUs without AVX-512 bf16)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the full report as JSON")
     p.set_defaults(func=run_bench)
 
@@ -48,6 +55,8 @@ def run_bench(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from None
     if args.repeats < 1:
         raise UsageError("--repeats must be >= 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available here")
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.no_peer:
@@ -56,9 +65,17 @@ def run_bench(args: argparse.Namespace) -> int:
         except ImportError:
             raise UsageError("the peer needs transformers (pip install transformers) or use --no-peer") from None
     report = run_benchmark(
-        args.model, args.cases, args.repeats, with_peer=not args.no_peer, memory=not args.no_memory,
-        compile_ours=args.compile, onnx=args.onnx, progress=lambda s: print(s, file=sys.stderr),
-    )  # fmt: skip
+        args.model,
+        args.cases,
+        args.repeats,
+        with_peer=not args.no_peer,
+        memory=not args.no_memory,
+        compile_ours=args.compile,
+        onnx=args.onnx,
+        device=args.device,
+        amp=args.amp,
+        progress=lambda s: print(s, file=sys.stderr),
+    )
     print(format_table(report))
     if args.json:
         args.json.write_text(report.to_json() + "\n")
