@@ -13,14 +13,21 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" 2>&1 | grep -v "is ignored" || true
-	$(BIN)/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -m pip install -q -e ".[dev,train]" 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -c "import torch, cvt; print('cvt-torch', cvt.__version__, 'on torch', torch.__version__)"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
+# The main job: train the embedded default (a small CvT on scikit-learn's digits; SVC printed beside it),
+# evaluate the final weights on the held-out split, classify a few held-out digits saved as PNG files.
+RUN ?= runs/digits
 demo: setup
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/cvt train --out $(RUN) --overwrite
+	$(BIN)/cvt eval digits --weights $(RUN)/final.safetensors --output $(RUN)/eval.json --confusion $(RUN)/confusion.png
+	$(BIN)/python examples/digits_samples.py $(RUN)/samples
+	$(BIN)/cvt predict --weights $(RUN)/final.safetensors --topk 3 $(RUN)/samples
+	@echo "plots: $(RUN)/learning_curve.png $(RUN)/confusion.png"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -99,3 +99,13 @@ def test_cls_only_last_block_equals_full_path(method):
         torch.testing.assert_close(model(x), full, rtol=0, atol=1e-5)
         cls = model.stages[-1].forward_cls(model.forward_intermediates(x, indices=[1])[0])
         torch.testing.assert_close(cls, model.forward_features(x)[:, :1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_no_graph_breaks_under_torch_compile(training):
+    """Dynamo traces the whole model in one graph (explain() traces without compiling: fast)."""
+    model = cvt.create_model("cvt-tiny").train(training)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 64, 64))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1

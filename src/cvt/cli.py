@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "cvt.commands.models",
     "cvt.commands.convert",
     "cvt.commands.predict",
+    "cvt.commands.train",
+    "cvt.commands.eval",
     "cvt.commands.export",
     "cvt.commands.bench",
 ]

@@ -1,0 +1,58 @@
+"""Optimizer construction and the learning-rate schedule (a pure function of the step)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import OptimSection
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: decayed weights, and the rest with ``weight_decay=0``.
+
+    No decay, as in the official code: every bias, every norm parameter (LayerNorm / BatchNorm: all 1-d) and
+    the names in ``model.no_weight_decay()`` (the cls token). Depthwise convolution weights ARE decayed.
+    """
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(".bias") or name in skip or any(name.endswith("." + s) for s in skip):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimSection, lr: float) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, eps=cfg.eps)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    raise ValueError(f"optim.name: {cfg.name!r} is not one of adamw, sgd")
+
+
+def lr_at(step: int, *, total_steps: int, warmup_steps: int, base_lr: float, warmup_lr: float = 0.0,
+          min_lr: float = 0.0) -> float:  # fmt: skip
+    """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then cosine to ``min_lr``.
+
+    ``lr(0) = warmup_lr``, ``lr(warmup_steps) = base_lr``, ``lr(total_steps) = min_lr``; per step, not per
+    epoch (the official code steps timm's scheduler per epoch; per step is smoother and the same curve).
+    """
+    if step < warmup_steps:
+        return warmup_lr + (base_lr - warmup_lr) * step / warmup_steps
+    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * t))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr

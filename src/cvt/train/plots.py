@@ -1,0 +1,86 @@
+"""Pictures of a run: the learning curve and a confusion matrix (matplotlib, imported only here)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..weights.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only; never needs a display
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("plots skipped: matplotlib is not installed (pip install 'cvt-torch[train]')")
+        return None
+    return plt
+
+
+def learning_curve(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
+    """Loss and top-1 per epoch, training and validation, side by side. Returns the path (None: no matplotlib)."""
+    plt = _pyplot()
+    if plt is None or not history:
+        return None
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train (augmented, smoothed targets)")
+    val = [h for h in history if h.get("val_loss") is not None]
+    if val:
+        ax_loss.plot([h["epoch"] for h in val], [h["val_loss"] for h in val], label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.plot(epochs, [100 * h["train_top1"] for h in history], label="train (augmented)")
+    if val:
+        ax_acc.plot([h["epoch"] for h in val], [100 * h["val_top1"] for h in val], label="validation")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path,
+                     title: str = "") -> Path | None:  # fmt: skip
+    """Rows: true class, columns: predicted; cells annotated with counts when there are few classes."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    import numpy as np
+
+    m = np.asarray(matrix, dtype=np.int64)
+    k = m.shape[0]
+    size = min(12.0, max(4.0, 0.45 * k))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(m, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if k <= 30:
+        ax.set_xticks(range(k), [str(c)[:12] for c in classes], rotation=90 if k > 10 else 0)
+        ax.set_yticks(range(k), [str(c)[:12] for c in classes])
+        hi = m.max() if m.size else 0
+        for i in range(k):
+            for j in range(k):
+                if m[i, j]:
+                    ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if m[i, j] > hi / 2 else "black")  # fmt: skip
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _save(fig, plt, path: str | Path) -> Path:
+    path = Path(path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+    return path

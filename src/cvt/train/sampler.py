@@ -1,0 +1,68 @@
+"""Which samples each process reads at each step: a resumable, distributed, seeded batch sampler."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Micro-batches of ``(index, epoch)`` pairs for one process (the data set keys augmentation on both).
+
+    Each epoch is one permutation of the training set drawn from ``(seed, epoch)``. Global batch ``s`` is
+    ``perm[s*G : (s+1)*G]``; process ``r`` of ``W`` reads every ``W``-th of its samples (like
+    ``DistributedSampler``) and splits them into ``accum`` micro-batches. So for any ``W`` and ``accum`` the
+    union of what all processes read at optimizer step ``s`` is the same ``G`` samples: a 2-process run sees
+    the same global batches as a 1-process run. The last partial global batch is dropped.
+
+    ``set_epoch(epoch, start_step)`` starts the epoch at optimizer step ``start_step`` (resuming mid-epoch
+    reads nothing it would skip).
+    """
+
+    def __init__(self, num_samples: int, global_batch: int, *, rank: int = 0, world_size: int = 1,
+                 accum_steps: int = 1, seed: int = 0, shuffle: bool = True):  # fmt: skip
+        if global_batch % (world_size * accum_steps):
+            raise ValueError(
+                f"data.batch_size {global_batch} is not divisible by processes x accum_steps "
+                f"({world_size} x {accum_steps})"
+            )
+        self.num_samples, self.global_batch = num_samples, global_batch
+        self.rank, self.world_size, self.accum = rank, world_size, accum_steps
+        self.micro = global_batch // (world_size * accum_steps)
+        self.seed, self.shuffle = seed, shuffle
+        self.steps_per_epoch = num_samples // global_batch
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.num_samples)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_samples, generator=g)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        perm = self.permutation(self.epoch).tolist()
+        g = self.global_batch
+        for s in range(self.start_step, self.steps_per_epoch):
+            mine = perm[s * g : (s + 1) * g][self.rank :: self.world_size]
+            for a in range(self.accum):
+                yield [(i, self.epoch) for i in mine[a * self.micro : (a + 1) * self.micro]]
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.start_step) * self.accum
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Evaluation: process ``r`` of ``W`` reads indices ``r, r+W, ...`` (no padding, so nothing counts twice)."""
+
+    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, num_samples, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

@@ -1,0 +1,105 @@
+"""Optimizer parameter groups, the LR schedule (a pure function), EMA and the resumable distributed sampler."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import cvt
+from cvt.train import lr_at, param_groups
+from cvt.train.config import OptimSection
+from cvt.train.ema import ModelEma
+from cvt.train.optim import build_optimizer
+from cvt.train.sampler import EpochBatchSampler, ShardSampler
+
+
+def test_schedule_warmup_then_cosine():
+    kw = dict(total_steps=100, warmup_steps=10, base_lr=1.0, warmup_lr=0.1, min_lr=0.01)
+    assert lr_at(0, **kw) == pytest.approx(0.1)
+    assert lr_at(5, **kw) == pytest.approx(0.55)
+    assert lr_at(10, **kw) == pytest.approx(1.0)
+    assert lr_at(55, **kw) == pytest.approx(0.01 + 0.5 * 0.99)  # half way down the cosine
+    assert lr_at(100, **kw) == pytest.approx(0.01) and lr_at(150, **kw) == pytest.approx(0.01)
+    after = [lr_at(s, **kw) for s in range(10, 101)]
+    assert all(a >= b for a, b in itertools.pairwise(after))
+    assert lr_at(0, total_steps=10, warmup_steps=0, base_lr=2.0) == 2.0  # no warm-up
+    assert lr_at(7, **kw) == lr_at(7, **kw)  # pure: no state
+
+
+def test_no_weight_decay_on_norms_biases_and_cls_token():
+    model = cvt.create_model("cvt-tiny")
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    nd = {names[id(p)] for p in no_decay["params"]}
+    d = {names[id(p)] for p in decay["params"]}
+    assert "stages.2.cls_token" in nd
+    assert all(n.endswith(".bias") or "norm" in n or ".bn." in n or "cls_token" in n for n in nd)
+    assert "stages.0.blocks.0.attn.conv_proj_k.conv.weight" in d  # depthwise convs ARE decayed (official)
+    assert "head.weight" in d and "stages.0.patch_embed.proj.weight" in d
+    assert len(d) + len(nd) == len(list(model.parameters()))
+
+
+def test_build_optimizer_adamw_and_sgd():
+    model = cvt.create_model("cvt-tiny")
+    opt = build_optimizer(model, OptimSection(), 1e-3)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == 1e-3
+    opt = build_optimizer(model, OptimSection(name="sgd", momentum=0.9, weight_decay=0.0), 0.01)
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
+
+
+def test_ema_follows_the_model():
+    model = torch.nn.Linear(2, 2)
+    ema = ModelEma(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    before = ema.module.weight.clone()
+    ema.update(model)
+    d = min(0.5, 2 / 11)  # the warm-up ramp (1 + n) / (10 + n) at n = 1
+    assert torch.allclose(ema.module.weight, d * before + (1 - d) * model.weight)
+    state = ema.state_dict()
+    other = ModelEma(model, decay=0.5)
+    other.load_state_dict(state)
+    assert other.updates == 1 and torch.equal(other.module.weight, ema.module.weight)
+
+
+def _batches(sampler: EpochBatchSampler) -> list[list[int]]:
+    return [[i for i, _ in b] for b in sampler]
+
+
+def test_sampler_processes_and_accumulation_see_the_same_global_batches():
+    one = EpochBatchSampler(50, 8, seed=3)
+    one.set_epoch(2)
+    global_batches = _batches(one)
+    assert len(global_batches) == 6 == len(one) and all(len(b) == 8 for b in global_batches)  # drop_last
+    ranks = []
+    for r in range(2):
+        s = EpochBatchSampler(50, 8, rank=r, world_size=2, accum_steps=2, seed=3)
+        s.set_epoch(2)
+        ranks.append(_batches(s))
+        assert len(ranks[-1]) == 12 and all(len(b) == 2 for b in ranks[-1])
+    for step, gb in enumerate(global_batches):
+        mine = [i for r in range(2) for b in ranks[r][2 * step : 2 * step + 2] for i in b]
+        assert sorted(mine) == sorted(gb)
+    assert all(e == 2 for b in one for _, e in b)  # the epoch travels with the index (augmentation seed)
+
+
+def test_sampler_resumes_mid_epoch_and_reshuffles_per_epoch():
+    s = EpochBatchSampler(40, 4, seed=0)
+    s.set_epoch(1)
+    full = _batches(s)
+    s.set_epoch(1, start_step=3)
+    assert _batches(s) == full[3:] and len(s) == 7
+    s.set_epoch(2)
+    assert _batches(s) != full
+    with pytest.raises(ValueError, match="not divisible"):
+        EpochBatchSampler(40, 6, world_size=4)
+
+
+def test_shard_sampler_covers_everything_once():
+    shards = [list(ShardSampler(11, r, 3)) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == list(range(11))
+    assert math.isclose(sum(len(s) for s in shards), 11)

@@ -1,0 +1,151 @@
+"""Training recipes: typed loading, --set overrides, and one clear error before training for bad configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cvt.cli import main
+from cvt.data.datasets import DataError, build_sources
+from cvt.train import TrainConfig, TrainConfigError, load_config
+from cvt.train.config import apply_override, validate
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def test_default_is_the_digits_recipe_and_configs_digits_spells_it_out():
+    default = TrainConfig()
+    validate(default)
+    assert default.data.kind == "digits" and default.model.name == "cvt-digits"
+    assert load_config(CONFIGS / "digits.yaml").to_dict() == default.to_dict()
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_load_and_state_what_they_promise(path):
+    cfg = load_config(path)  # data paths are not checked here (no ImageNet on this machine)
+    for key in ("command", "hardware", "time", "expected"):
+        assert getattr(cfg.recipe, key).strip(), f"{path.name}: recipe.{key} is empty"
+    assert "cvt train" in cfg.recipe.command
+    cfg.resolve_model_config(num_classes=10)
+
+
+def test_imagenet_recipes_match_the_paper():
+    c13 = load_config(CONFIGS / "cvt-13-imagenet.yaml")
+    c21 = load_config(CONFIGS / "cvt-21-imagenet.yaml")
+    w24 = load_config(CONFIGS / "cvt-w24-imagenet.yaml")
+    for c in (c13, c21, w24):
+        assert c.optim.name == "adamw" and c.data.batch_size == 2048 and c.scaled_lr() == pytest.approx(2e-3)
+        assert c.schedule.epochs == 300 and c.schedule.warmup_epochs == 5
+        a = c.augment
+        assert (a.label_smoothing, a.mixup, a.cutmix, a.random_erasing) == (0.1, 0.8, 1.0, 0.25)
+        assert a.randaugment == "rand-m9-mstd0.5-inc1"
+    assert (c13.optim.weight_decay, c21.optim.weight_decay, w24.optim.weight_decay) == (0.05, 0.1, 0.1)
+    assert w24.resolve_model_config(1000).stages[-1].drop_path_rate == 0.3
+    ft = load_config(CONFIGS / "finetune-pets-384.yaml")
+    assert ft.optim.name == "sgd" and ft.optim.momentum == 0.9 and ft.data.img_size == 384
+
+
+def test_lr_scales_linearly_with_the_global_batch():
+    cfg = load_config(CONFIGS / "cvt-13-imagenet.yaml", ["data.batch_size=512"])
+    assert cfg.scaled_lr() == pytest.approx(5e-4)
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["optim.lr=1e-3", "augment.scale=[0.5, 1.0]", "run.ema=0.99", "run.ema=null",
+                             "schedule.epochs=3", "schedule.warmup_epochs=1", "data.max_train_samples=10"])  # fmt: skip
+    assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)  # YAML 1.1 reads 1e-3 as a string
+    assert cfg.augment.scale == (0.5, 1.0) and cfg.run.ema is None and cfg.schedule.epochs == 3
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=1", "optim.lrr: unknown key (valid: name, lr, lr_batch"),
+        ("optimizer.lr=1", "optimizer: unknown key (valid: recipe, model, data, augment, optim, schedule, run)"),
+        ("optim.lr=fast", "optim.lr: expected a number, got str 'fast'"),
+        ("schedule.epochs=2.5", "schedule.epochs: expected an integer, got float 2.5"),
+        ("run.compile=yes please", "run.compile: expected true or false"),
+        ("augment.scale=[0.5]", "augment.scale: expected a list of 2 values"),
+        ("data.kind=imagenet", "data.kind: 'imagenet' is not one of digits, folder, list"),
+        ("optim.name=lamb", "optim.name: 'lamb' is not one of adamw, sgd"),
+        ("model.name=cvt-99", "model.name: unknown model 'cvt-99' (valid: cvt-13"),
+        ("augment.randaugment=rand-x9", "augment.randaugment: 'rand-x9' is not a RandAugment spec"),
+        ("optim.accum_steps=3", "optim.accum_steps: 3 does not divide data.batch_size 64"),
+        ("schedule.warmup_epochs=50", "schedule.warmup_epochs: must be in [0, epochs=40)"),
+        ("data.kind=folder", "data.root: required with data.kind: folder"),
+        ("optim.lr", "expected KEY=VALUE"),
+    ],
+)
+def test_bad_recipes_fail_with_one_line_naming_the_key(override, message):
+    with pytest.raises(TrainConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(TrainConfigError, match="no such file"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("optim: [1, 2\n")
+    with pytest.raises(TrainConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(TrainConfigError, match="expected a mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_missing_data_paths_fail_before_training(tmp_path):
+    cfg = load_config(None, ["data.kind=folder", f"data.root={tmp_path / 'absent'}"])
+    with pytest.raises(TrainConfigError, match=r"data\.root: .* is not a directory"):
+        validate(cfg, check_paths=True)
+    (tmp_path / "d" / "train").mkdir(parents=True)
+    cfg = load_config(None, ["data.kind=folder", f"data.root={tmp_path / 'd'}"])
+    with pytest.raises(TrainConfigError, match="has no val/ folder"):
+        validate(cfg, check_paths=True)
+    cfg = load_config(None, ["data.kind=list", "data.train=a.csv", "data.val=b.csv"])
+    with pytest.raises(TrainConfigError, match=r"data\.train: a\.csv: no such file"):
+        validate(cfg, check_paths=True)
+
+
+def _folder(root: Path, split: str, classes: list[str]) -> None:
+    from PIL import Image
+
+    for c in classes:
+        (root / split / c).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(root / split / c / "a.png")
+
+
+def test_classes_in_val_not_in_train_fail_before_training(tmp_path):
+    _folder(tmp_path, "train", ["cat", "dog"])
+    _folder(tmp_path, "val", ["cat", "dog", "fox"])
+    with pytest.raises(DataError) as e:
+        build_sources("folder", root=str(tmp_path))
+    assert "but not in" in str(e.value) and "fox" in str(e.value) and "cat, dog" in str(e.value)
+
+
+def test_cli_reports_bad_configs_in_one_line(tmp_path, capsys):
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"optim": {"lrr": 1}}))
+    assert main(["train", "--config", str(tmp_path / "r.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cvt train: error: optim.lrr: unknown key (valid: ") and err.count("\n") == 1
+    _folder(tmp_path / "d", "train", ["a", "b"])
+    _folder(tmp_path / "d", "val", ["a", "c"])
+    assert main(["train", "--set", "data.kind=folder", f"data.root={tmp_path / 'd'}", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "classes in" in err and "c" in err and err.count("\n") == 1
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_dry_run_prints_the_resolved_recipe(capsys):
+    assert main(["train", "--dry-run", "--set", "schedule.epochs=5"]) == 0
+    out = capsys.readouterr().out
+    resolved = yaml.safe_load(out)
+    assert resolved["schedule"]["epochs"] == 5 and resolved["run"]["out"] == "runs/digits"
+    assert "# ok: cvt-digits, 1437 training / 360 validation images, 10 classes" in out
+
+
+def test_apply_override_refuses_to_descend_into_a_value():
+    raw = {"optim": {"lr": 1.0}}
+    with pytest.raises(TrainConfigError, match=r"optim\.lr is not a section"):
+        apply_override(raw, "optim.lr.x=1")
