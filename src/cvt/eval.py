@@ -36,14 +36,9 @@ def eval_preprocess_for(
        name, an HF ``preprocessor_config.json`` beside ``weights``, else the released checkpoints' rule for
        ``config.img_size`` (crop 0.875 below 384, squash from 384).
     """
-    pre = config.extra.get("preprocess") if config.extra else None
-    if isinstance(pre, dict):
-        fields = {f.name for f in dataclasses.fields(EvalPreprocess)}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in pre.items() if k in fields}
-        return EvalPreprocess(**kw)
     from .predict import preprocess_for
 
-    return preprocess_for(name, config.img_size, weights)
+    return preprocess_for(name, config.img_size, weights, config.extra)
 
 
 def preprocess_dict(pre: EvalPreprocess) -> dict[str, Any]:

@@ -11,9 +11,10 @@ tensors ``(C, H, W)`` -- all decoded and preprocessed like the official evaluati
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,18 @@ def default_device() -> str:
 
 
 def preprocess_for(
-    model_name: str | None, config_img_size: int, weights: str | os.PathLike[str] | None
+    model_name: str | None,
+    config_img_size: int,
+    weights: str | os.PathLike[str] | None,
+    extra: Mapping[str, Any] | None = None,
 ) -> EvalPreprocess:
-    """The checkpoint's preprocessing: from the registry for a checkpoint name, else an HF
-    ``preprocessor_config.json`` beside the weights, else the released checkpoints' rule for the size."""
+    """The checkpoint's preprocessing, most specific first: ``extra["preprocess"]`` of the model's config
+    (written by ``cvt train``), the registry for a checkpoint name, an HF ``preprocessor_config.json``
+    beside the weights, else the released checkpoints' rule for the size."""
+    pre = (extra or {}).get("preprocess")
+    if isinstance(pre, Mapping):
+        fields = {f.name for f in dataclasses.fields(EvalPreprocess)}
+        return EvalPreprocess(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in pre.items() if k in fields})
     ckpt = get_checkpoint(model_name) if model_name else None
     if ckpt is not None:
         return EvalPreprocess(img_size=ckpt.img_size, crop_pct=ckpt.crop_pct)
@@ -152,7 +161,9 @@ class Predictor:
         self.device = torch.device(device or default_device())
         self.model = self._build(model, weights, pretrained, activation).to(self.device).eval()
         name = model if isinstance(model, str) else None
-        self.preprocess = preprocess or preprocess_for(name, self.model.config.img_size, weights)
+        self.preprocess = preprocess or preprocess_for(
+            name, self.model.config.img_size, weights, self.model.config.extra
+        )
         self.transform = build_eval_transform(self.preprocess)
         self.labels = resolve_labels(self.model.num_classes, self.model.config.extra.get("labels"), labels)
         self.topk, self.batch_size, self.num_workers, self.max_pixels = topk, batch_size, num_workers, max_pixels
