@@ -27,15 +27,6 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TINY = Checkpoint("cvt-tiny-test", "cvt-tiny", 64, "in1k", "test-org/cvt-tiny", "CvT-tiny-64x64.pth", 0.0, 0.875)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning threads run many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class HubServer:
     """``HEAD``/``GET /{repo}/resolve/{revision}/{file}`` like the hub: X-Repo-Commit, ETag, 404 codes."""
 

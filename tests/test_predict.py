@@ -31,15 +31,6 @@ transformers = pytest.importorskip("transformers")
 NAMES = [f"thing {i}" for i in range(10)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning threads run many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory):
     """The same random tiny HF CvT (named labels) saved twice: with a 224 and with a 384 processor."""
