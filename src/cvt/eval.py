@@ -8,7 +8,6 @@ sums are all-reduced, so every process returns the whole data set's numbers.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -39,11 +38,6 @@ def eval_preprocess_for(
     from .predict import preprocess_for
 
     return preprocess_for(name, config.img_size, weights, config.extra)
-
-
-def preprocess_dict(pre: EvalPreprocess) -> dict[str, Any]:
-    """JSON-ready form (stored in ``CvTConfig.extra["preprocess"]`` of trained models)."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(pre).items()}
 
 
 @torch.no_grad()

@@ -249,14 +249,16 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
-        self._folded: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._folded: tuple[tuple, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def _quick_gelu_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """fc1 scaled by 1.702 and fc2 by 1/1.702: ``fc2(quick_gelu(fc1 x)) = fc2'(silu(fc1' x))``."""
+    def _quick_gelu_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """fc1 (weight, bias) scaled by 1.702 and fc2's weight by 1/1.702:
+        ``fc2(quick_gelu(fc1 x)) = fc2'(silu(fc1' x))``."""
         key = _version_key(self.fc1.weight, self.fc1.bias, self.fc2.weight)
         if self._folded is None or self._folded[0] != key:
-            self._folded = (key, self.fc1.weight * QUICK_GELU_ALPHA, self.fc2.weight / QUICK_GELU_ALPHA)
-        return self._folded[1], self._folded[2]
+            a = QUICK_GELU_ALPHA
+            self._folded = (key, self.fc1.weight * a, self.fc1.bias * a, self.fc2.weight / a)
+        return self._folded[1], self._folded[2], self._folded[3]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.act, QuickGELU):
@@ -264,8 +266,8 @@ class Mlp(nn.Module):
             # and the activation is one SiLU kernel forward and one backward, instead of three and five.
             a = QUICK_GELU_ALPHA
             if fast_path(self):
-                w1, w2 = self._quick_gelu_weights()
-                return F.linear(F.silu(F.linear(x, w1, self.fc1.bias * a), inplace=True), w2, self.fc2.bias)
+                w1, b1, w2 = self._quick_gelu_weights()
+                return F.linear(F.silu(F.linear(x, w1, b1), inplace=True), w2, self.fc2.bias)
             h = F.silu(F.linear(x, self.fc1.weight * a, self.fc1.bias * a))
             return self.drop(F.linear(self.drop(h), self.fc2.weight / a, self.fc2.bias))
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))

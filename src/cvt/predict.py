@@ -11,7 +11,6 @@ tensors ``(C, H, W)`` -- all decoded and preprocessed like the official evaluati
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -79,8 +78,7 @@ def preprocess_for(
     beside the weights, else the released checkpoints' rule for the size."""
     pre = (extra or {}).get("preprocess")
     if isinstance(pre, Mapping):
-        fields = {f.name for f in dataclasses.fields(EvalPreprocess)}
-        return EvalPreprocess(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in pre.items() if k in fields})
+        return EvalPreprocess.from_dict(pre)
     ckpt = get_checkpoint(model_name) if model_name else None
     if ckpt is not None:
         return EvalPreprocess(img_size=ckpt.img_size, crop_pct=ckpt.crop_pct)

@@ -35,7 +35,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from ..data.datasets import DataError, EvalSet, collate, eval_source
     from ..data.transforms import build_eval_transform
-    from ..eval import eval_preprocess_for, evaluate, preprocess_dict
+    from ..eval import eval_preprocess_for, evaluate
     from ..factory import create_model
     from ..registry import get_checkpoint
 
@@ -70,7 +70,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "data": str(args.data),
         "model": cfg.name,
         "weights": str(args.weights) if args.weights else None,
-        "preprocess": preprocess_dict(pre),
+        "preprocess": pre.to_dict(),
         "n": res["n"],
         "top1": res["top1"],
         "top5": res["top5"],

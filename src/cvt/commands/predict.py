@@ -49,18 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------- inputs
 def _walk(root: str, problems: list[tuple[str, str]]) -> list[str]:
-    from ..data.transforms import IMAGE_EXTENSIONS
-
-    found = []
+    from ..data.transforms import list_images
 
     def onerror(e: OSError) -> None:
         problems.append((str(e.filename), f"{e.filename}: cannot list directory ({e.strerror})"))
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(os.path.join(dirpath, name))
+    found = list_images(root, onerror)
     if not found:
         problems.append((root, f"{root}: no image files found (by extension) in this directory"))
     return found

@@ -28,9 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .transforms import IMAGE_EXTENSIONS, ImageError, load_image
+from .transforms import ImageError, list_images, load_image
 
-_EXTENSIONS = tuple(IMAGE_EXTENSIONS)
 _SYNSET = re.compile(r"^n\d{8}$")
 
 
@@ -130,14 +129,6 @@ def class_list(names: Sequence[str]) -> list[str]:
     return names
 
 
-def _list_images(folder: Path) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
-        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(_EXTENSIONS))
-    return out
-
-
 def scan_folder(root: str | os.PathLike[str]) -> dict[str, list[str]]:
     """``{class name: [image paths]}`` for ``root/<class>/**/*.jpg`` (class folders that hold images)."""
     root = Path(root)
@@ -146,7 +137,7 @@ def scan_folder(root: str | os.PathLike[str]) -> dict[str, list[str]]:
     found = {}
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.is_dir() and not entry.name.startswith("."):
-            files = _list_images(Path(entry.path))
+            files = list_images(entry.path)
             if files:
                 found[entry.name] = files
     if not found:

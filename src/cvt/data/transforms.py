@@ -19,10 +19,11 @@ refused from their header, before decoding.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,16 @@ class EvalPreprocess:
         if self.interpolation not in _RESAMPLE:
             raise ValueError(f"interpolation: {self.interpolation!r} is not one of {tuple(_RESAMPLE)}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what ``cvt train`` stores in ``CvTConfig.extra["preprocess"]``)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EvalPreprocess:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})
+
     @classmethod
     def for_size(cls, img_size: int) -> EvalPreprocess:
         """The released checkpoints' rule: crop 0.875 below 384, squash at 384 and above."""
@@ -98,6 +109,20 @@ class EvalPreprocess:
 
 
 # ---------------------------------------------------------------------------- decoding
+def list_images(root: str | os.PathLike[str], onerror: Callable[[OSError], None] | None = None) -> list[str]:
+    """Image files under ``root`` by extension, recursively, in sorted order; hidden files and folders skipped,
+    symlinked folders followed. ``onerror`` receives folders that cannot be listed."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(
+            os.path.join(dirpath, name)
+            for name in sorted(filenames)
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+        )
+    return found
+
+
 def load_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open an image file as 8-bit RGB (see the module docstring); first frame of animations.
 

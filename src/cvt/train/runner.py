@@ -33,7 +33,7 @@ from ..config import CvTConfig
 from ..data.augment import MixupCutmix, TrainTransform
 from ..data.datasets import DataError, DigitsImages, EvalSet, TrainSet, build_sources, collate, svc_baseline
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess, build_eval_transform
-from ..eval import evaluate, preprocess_dict
+from ..eval import evaluate
 from ..weights.io import atomic_write, save_native
 from . import checkpoint as ckpt
 from . import distributed
@@ -275,7 +275,7 @@ class _Run:
         config = getattr(model, "config", None)
         if not isinstance(config, CvTConfig):
             return None
-        extra = {**dict(config.extra), "labels": list(self.classes), "preprocess": preprocess_dict(self.eval_pre)}
+        extra = {**dict(config.extra), "labels": list(self.classes), "preprocess": self.eval_pre.to_dict()}
         config = config.replace(extra=extra, num_classes=num_classes)
         model.config = config  # so a saved file describes itself fully
         return config

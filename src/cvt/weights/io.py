@@ -10,6 +10,7 @@ Write (always atomically: temporary file, fsync, rename): native, HF directory, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -153,48 +154,35 @@ def infer_config(sd: Mapping[str, torch.Tensor], base: CvTConfig | None = None) 
     candidates = ([base] if base is not None else []) + list(ARCHITECTURES.values())
     stages = []
     for i in stage_ids:
-        p = f"stages.{i}."
-        w = sd[p + "patch_embed.proj.weight"]
-        dim, _, kernel, _ = w.shape
-        depth = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith(p + "blocks."))
-        b0 = p + "blocks.0.attn."
-        if b0 + "conv_proj_k.conv.weight" in sd:
-            method, kernel_qkv = "dw_bn", sd[b0 + "conv_proj_k.conv.weight"].shape[-1]
-        else:
-            method, kernel_qkv = None, None  # avg or linear: not visible in weights
-        hidden = sd[p + "blocks.0.mlp.fc1.weight"].shape[0]
-        heads = None
-        for cand in candidates:
-            if i < len(cand.stages) and cand.stages[i].embed_dim == dim:
-                heads = cand.stages[i].num_heads
-                ref = cand.stages[i]
-                break
-        else:
-            ref = None
-        stage_kwargs: dict[str, Any] = dict(
-            embed_dim=dim, depth=depth, num_heads=heads or max(1, dim // 64), patch_size=kernel,
-            mlp_ratio=hidden / dim, qkv_bias=b0 + "proj_q.bias" in sd, cls_token=p + "cls_token" in sd,
-        )  # fmt: skip
+        p, b0 = f"stages.{i}.", f"stages.{i}.blocks.0."
+        dim, _, kernel, _ = sd[p + "patch_embed.proj.weight"].shape
+        observed: dict[str, Any] = dict(
+            embed_dim=dim,
+            depth=1 + max(int(k.split(".")[3]) for k in sd if k.startswith(p + "blocks.")),
+            patch_size=kernel,
+            mlp_ratio=sd[b0 + "mlp.fc1.weight"].shape[0] / dim,
+            qkv_bias=b0 + "attn.proj_q.bias" in sd,
+            cls_token=p + "cls_token" in sd,
+        )
+        if b0 + "attn.conv_proj_k.conv.weight" in sd:  # avg / linear projections leave no weights
+            observed.update(qkv_proj_method="dw_bn", kernel_qkv=sd[b0 + "attn.conv_proj_k.conv.weight"].shape[-1])
+        # heads, strides and paddings are not in the weights: take them from an architecture of the same width
+        ref = next((c.stages[i] for c in candidates if i < len(c.stages) and c.stages[i].embed_dim == dim), None)
         if ref is not None:
-            for name in ("patch_stride", "patch_padding", "padding_q", "stride_q", "padding_kv", "stride_kv"):
-                stage_kwargs[name] = getattr(ref, name)
-            stage_kwargs["drop_path_rate"] = ref.drop_path_rate
-        if kernel == 7:  # the official stem
-            stage_kwargs.setdefault("patch_stride", 4)
-            stage_kwargs.setdefault("patch_padding", 2)
-        stage_kwargs["qkv_proj_method"] = method or (ref.qkv_proj_method if ref else "dw_bn")
-        if kernel_qkv is not None:
-            stage_kwargs["kernel_qkv"] = kernel_qkv
-        stages.append(StageConfig(**stage_kwargs))
-    num_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
-    in_chans = sd[f"stages.{stage_ids[0]}.patch_embed.proj.weight"].shape[1]
-    name = base.name if base is not None else "custom"
-    for arch_name, arch in ARCHITECTURES.items():
-        if tuple(s.embed_dim for s in arch.stages) == tuple(s.embed_dim for s in stages) and tuple(
-            s.depth for s in arch.stages
-        ) == tuple(s.depth for s in stages):
-            name = arch_name
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "name": name}
+            stages.append(dataclasses.replace(ref, **observed))
+        else:
+            stem = {"patch_stride": 4, "patch_padding": 2} if kernel == 7 else {}  # the official 7x7 stem
+            stages.append(StageConfig(num_heads=max(1, dim // 64), **stem, **observed))
+    shape = [(s.embed_dim, s.depth) for s in stages]
+    name = next(
+        (n for n, a in ARCHITECTURES.items() if [(s.embed_dim, s.depth) for s in a.stages] == shape),
+        base.name if base is not None else "custom",
+    )
+    kwargs: dict[str, Any] = {
+        "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
+        "in_chans": sd[f"stages.{stage_ids[0]}.patch_embed.proj.weight"].shape[1],
+        "name": name,
+    }
     if base is not None:
         kwargs.update(activation=base.activation, img_size=base.img_size)
     return CvTConfig(stages=tuple(stages), **kwargs)
