@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" 2>&1 | grep -v "is ignored" || true
-	$(BIN)/python -m pip install -q -e ".[dev,train]" 2>&1 | grep -v "is ignored" || true
-	$(BIN)/python -c "import torch, cvt; print('cvt-torch', cvt.__version__, 'on torch', torch.__version__)"
+	$(BIN)/python -m pip install -q -e ".[torch,dev,train]" 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import torch, cvt; print('cvt', cvt.__version__, 'on torch', torch.__version__)"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import cvt
+from cvt.core.keys import ConversionError, convert_state_dict, detect_format, rename_key, to_native
 from cvt.model import CvT
-from cvt.weights.convert import ConversionError, convert_state_dict, detect_format, rename_key, to_native
 
 
 def native_keys(name):

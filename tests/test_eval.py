@@ -11,9 +11,10 @@ from PIL import Image
 
 import cvt
 from cvt.cli import main
+from cvt.core.labels import imagenet_wnids
 from cvt.data.datasets import DataError, eval_source, map_eval_classes
-from cvt.data.labels import imagenet_wnids
-from cvt.eval import eval_preprocess_for, evaluate
+from cvt.eval import evaluate
+from cvt.factory import resolve
 from cvt.weights.io import save_native
 
 
@@ -56,11 +57,13 @@ def test_class_folders_map_to_the_model_classes():
         map_eval_classes(["a", "b", "c"], 2, ["x", "y"])
 
 
-def test_preprocessing_comes_from_the_checkpoint():
-    cfg = cvt.get_config("cvt-tiny")
-    assert eval_preprocess_for(cfg.replace(extra={"preprocess": {"img_size": 32, "crop_pct": 1.0}})).crop_pct == 1.0
-    assert eval_preprocess_for(cvt.get_config("cvt-13-384"), "cvt-13-384").crop_pct == 1.0
-    pre = eval_preprocess_for(cvt.get_config("cvt-13"), "cvt-13")
+def test_preprocessing_comes_from_the_checkpoint(tmp_path):
+    tiny = cvt.create_model("cvt-tiny")
+    spec = cvt.PretrainedSpec(cvt.EvalPreprocess(img_size=32, crop_pct=1.0), labels=tuple("abcdefghij"))
+    save_native(tiny.state_dict(), tiny.config, tmp_path / "t.safetensors", spec)
+    assert resolve(weights=tmp_path / "t.safetensors")[1] == spec  # the file's own spec
+    assert resolve("cvt-13-384")[1].preprocess.crop_pct == 1.0
+    pre = resolve("cvt-13")[1].preprocess
     assert (pre.img_size, pre.crop_pct) == (224, 0.875)
 
 

@@ -5,7 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import cvt
-from cvt.flops import count_macs, count_params
+from cvt.core.macs import count_macs, count_params
 
 
 @pytest.mark.parametrize(

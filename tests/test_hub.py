@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import cvt
-from cvt.registry import CHECKPOINTS, Checkpoint
-from cvt.weights.hub import cached_checkpoint, download_checkpoint
+from cvt.core.hub import cached_checkpoint, download_checkpoint
+from cvt.core.presets import CHECKPOINTS, Checkpoint
 from cvt.weights.io import WeightsError, save_native, save_official
 
 hub = pytest.importorskip("huggingface_hub")

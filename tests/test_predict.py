@@ -20,10 +20,10 @@ from PIL import Image
 import cvt
 from conftest import TINY_HF, hf_model
 from cvt.cli import main
-from cvt.data.labels import LabelError, imagenet_labels, imagenet_wnids, load_label_file, resolve_labels
-from cvt.data.transforms import EvalPreprocess
+from cvt.core.labels import LabelError, imagenet_labels, imagenet_wnids, load_label_file, resolve_labels
+from cvt.core.spec import EvalPreprocess
 from cvt.explain import cls_attention, kv_grid
-from cvt.predict import preprocess_for
+from cvt.factory import resolve
 from test_transforms import PHOTOS, hf_processor, official, photo_paths
 
 transformers = pytest.importorskip("transformers")
@@ -215,13 +215,18 @@ def test_pretrained_from_cache_gives_imagenet_names(tmp_path, monkeypatch, capsy
     assert rec["labels"] == [imagenet_labels()[i] for i in rec["indices"]]
 
 
-def test_preprocess_follows_the_checkpoint(tmp_path):
-    assert preprocess_for("cvt-13", 224, None) == EvalPreprocess(224, 0.875)
-    assert preprocess_for("cvt-21-384-22k", 384, None) == EvalPreprocess(384, 1.0)
-    assert preprocess_for(None, 64, None) == EvalPreprocess(64, 0.875)
-    (tmp_path / "preprocessor_config.json").write_text('{"size": {"shortest_edge": 384}, "crop_pct": 0.875}')
-    assert preprocess_for(None, 224, tmp_path / "model.safetensors") == EvalPreprocess(384, 1.0)
-    assert preprocess_for("cvt-13", 224, tmp_path) == EvalPreprocess(224, 0.875)  # the name wins
+def test_preprocess_follows_the_checkpoint(hf_tiny_dir, tmp_path):
+    def pre(name=None, weights=None):
+        return resolve(name, weights=weights)[1].preprocess
+
+    assert pre("cvt-13") == EvalPreprocess(224, 0.875)
+    assert pre("cvt-21-384-22k") == EvalPreprocess(384, 1.0)
+    assert pre("cvt-tiny") == EvalPreprocess(64, 0.875)
+    hf_dir = tmp_path / "hf"
+    shutil.copytree(hf_tiny_dir[0], hf_dir)
+    (hf_dir / "preprocessor_config.json").write_text('{"size": {"shortest_edge": 384}, "crop_pct": 0.875}')
+    assert pre(weights=hf_dir / "model.safetensors") == EvalPreprocess(384, 1.0)
+    assert pre("cvt-13", hf_dir) == EvalPreprocess(224, 0.875)  # a released checkpoint's name wins
 
 
 def test_explain_writes_pngs(hf_dirs, tmp_path, capsys):

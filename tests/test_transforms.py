@@ -15,15 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cvt.data.transforms import (
-    EvalPreprocess,
-    ImageError,
-    build_eval_transform,
-    denormalize,
-    load_image,
-    to_pil,
-    to_rgb,
-)
+from cvt.core.errors import ImageError
+from cvt.core.images import load_image, to_pil, to_rgb
+from cvt.core.spec import EvalPreprocess
+from cvt.data.transforms import build_eval_transform, denormalize
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])
 STD = torch.tensor([0.229, 0.224, 0.225])

@@ -1,27 +1,71 @@
-"""cvt-torch: the Convolutional vision Transformer (CvT, Wu et al. 2021), exact to the official model.
+"""cvt: the Convolutional vision Transformer (CvT, Wu et al. 2021), exact to the official model.
 
 >>> import cvt
->>> model = cvt.create_model("cvt-13")              # random init, official numerics
+>>> model = cvt.create_model("cvt-13")              # random init, official numerics (needs torch)
 >>> logits = model(torch.randn(1, 3, 224, 224))     # (1, 1000)
+
+``import cvt`` loads only the framework-free core (configs, presets, errors). The PyTorch names
+(``create_model``, ``CvT``, ``Predictor`` ...) are imported on first use; without torch installed they raise
+one line naming the extra to install (``pip install 'cvt-models[torch]'``).
 """
 
-from .config import ConfigError, CvTConfig, StageConfig
-from .factory import create_model
-from .flops import count_macs, count_params
-from .model import CvT, count_parameters
-from .predict import Prediction, Predictor
-from .registry import CHECKPOINTS, get_config, list_models
-from .weights.io import WeightsError
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
+
+from .core import (
+    CHECKPOINTS,
+    ConfigError,
+    CvTConfig,
+    CvtError,
+    EvalPreprocess,
+    PretrainedSpec,
+    StageConfig,
+    WeightsError,
+    count_macs,
+    count_params,
+    get_config,
+    list_models,
+)
+
+__version__ = "0.2.0"
+
+# name -> module, imported on first access (PEP 562), so `import cvt` needs no torch
+_TORCH_NAMES = {
+    "CvT": "cvt.model",
+    "count_parameters": "cvt.model",
+    "create_model": "cvt.factory",
+    "fuse": "cvt.fuse",
+    "Prediction": "cvt.predict",
+    "Predictor": "cvt.predict",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _TORCH_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cvt' has no attribute {name!r}")
+    from .core.errors import require
+
+    require("torch", "torch", f"cvt.{name}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_TORCH_NAMES))
+
 
 __all__ = [
     "CHECKPOINTS",
     "ConfigError",
     "CvT",
     "CvTConfig",
+    "CvtError",
+    "EvalPreprocess",
     "Prediction",
     "Predictor",
+    "PretrainedSpec",
     "StageConfig",
     "WeightsError",
     "__version__",
@@ -29,6 +73,7 @@ __all__ = [
     "count_parameters",
     "count_params",
     "create_model",
+    "fuse",
     "get_config",
     "list_models",
 ]

@@ -99,8 +99,8 @@ def matmul_peak(n: int = 2048, repeats: int = 5, device: str = "cpu", dtype: tor
 
 def build_pair(model_name: str, with_peer: bool = True) -> dict[str, nn.Module]:
     """Our model and (optionally) ``transformers.CvtForImageClassification`` with identical weights."""
+    from .core.keys import convert_state_dict
     from .factory import create_model
-    from .weights.convert import convert_state_dict
 
     ours = create_model(model_name)
     models: dict[str, nn.Module] = {"ours": ours}
@@ -240,7 +240,7 @@ def run_benchmark(
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Interleaved timing of every case for ours (+ HF, + torch.compile'd ours); see the module docstring."""
-    from .flops import count_macs
+    from .core.macs import count_macs
 
     say = progress or (lambda s: None)
     gemm_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp or "", torch.float32)

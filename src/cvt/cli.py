@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .commands import UsageError, UserError
+from .core.errors import CvtError
 
 # Order = order in --help. Each module registers one or more verbs.
 COMMAND_MODULES = [
@@ -53,11 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cvt {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, UserError) as e:
+    except CvtError as e:
         if args.debug:
             raise
         print(f"cvt {args.command}: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, UsageError) else 1
+        return e.exit_code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,12 +3,10 @@
 :func:`evaluate` runs a model over a loader of ``(images (B, 3, H, W), labels (B,), skipped)`` batches
 (what :func:`cvt.data.datasets.collate` makes); under ``torchrun`` each process evaluates its shard and the
 sums are all-reduced, so every process returns the whole data set's numbers.
-:func:`eval_preprocess_for` finds the preprocessing a model's checkpoint was made for.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,26 +16,8 @@ import torch.distributed
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CvTConfig
-from .data.transforms import EvalPreprocess
-
 if TYPE_CHECKING:
     from .train.distributed import DistInfo
-
-
-def eval_preprocess_for(
-    config: CvTConfig, name: str | None = None, weights: str | os.PathLike[str] | None = None
-) -> EvalPreprocess:
-    """The preprocessing a model expects, most specific first.
-
-    1. ``config.extra["preprocess"]``: written by ``cvt train`` into the exported ``.safetensors``;
-    2. otherwise what ``cvt predict`` uses (:func:`cvt.predict.preprocess_for`): a released checkpoint
-       name, an HF ``preprocessor_config.json`` beside ``weights``, else the released checkpoints' rule for
-       ``config.img_size`` (crop 0.875 below 384, squash from 384).
-    """
-    from .predict import preprocess_for
-
-    return preprocess_for(name, config.img_size, weights, config.extra)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .config import conv_out
+from .core.config import conv_out
 from .model import CvT
 
 MIN_PANEL = 224  # display size of each image panel, at least

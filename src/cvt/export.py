@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .weights.io import atomic_write
+from .core.errors import CvtError, first_line
+from .core.files import atomic_write
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
 
 
-class ExportError(RuntimeError):
+class ExportError(CvtError, RuntimeError):
     """An export that failed or does not reproduce eager outputs."""
 
 
@@ -105,7 +106,7 @@ def export_model(
     except ExportError:
         raise
     except Exception as e:  # exporters raise many types; report one line
-        raise ExportError(f"{fmt} export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise ExportError(f"{fmt} export failed: {type(e).__name__}: {first_line(e)}") from e
 
     worst = 0.0
     for shape in shapes:

@@ -1,4 +1,11 @@
-"""``create_model``: one entry point from a name, a config or a weight file to a ready :class:`~cvt.model.CvT`."""
+"""``create_model``: one entry point from a name, a config or a weight file to a ready :class:`~cvt.model.CvT`.
+
+One resolution rule for every caller (Python, ``cvt predict/eval/export/convert/info``): the architecture is
+the ``name`` if given, else what the weight file says about itself (our native files and HF directories
+describe themselves; an official ``.pth`` is recognised by its shapes); the spec (preprocessing, labels) is
+our native file's own, else the registry's for a checkpoint name, else an HF directory's
+(``preprocessor_config.json``, ``id2label``), else the released checkpoints' rule for the size.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +15,50 @@ from typing import Any
 
 import torch
 
-from .config import CvTConfig
+from .core.config import CvTConfig
+from .core.presets import default_spec, get_checkpoint, get_config, infer_config
+from .core.spec import PretrainedSpec
 from .model import CvT
-from .registry import get_checkpoint, get_config
-from .weights.io import WeightsError, infer_config, load_state_dict, read_weights
+from .weights.io import LoadedWeights, load_state_dict, read_weights
 
 log = logging.getLogger(__name__)
+
+
+def resolve(
+    name: str | CvTConfig | None = None,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    pretrained: bool = False,
+) -> tuple[CvTConfig, PretrainedSpec, LoadedWeights | None]:
+    """``(architecture, spec, loaded weights or None)`` for a name / config and a weight source."""
+    if isinstance(name, CvTConfig):
+        config: CvTConfig | None = name
+    elif name is not None:
+        config = get_config(name)
+    else:
+        config = None
+    if pretrained:
+        if weights is not None:
+            raise ValueError("give either pretrained=True or weights=..., not both")
+        ckpt = get_checkpoint(name) if isinstance(name, str) else None
+        if ckpt is None:
+            raise ValueError(f"pretrained=True needs a released checkpoint name, got {name!r}")
+        from .core.hub import download_checkpoint
+
+        weights = download_checkpoint(ckpt)
+    loaded = read_weights(weights) if weights is not None else None
+    if config is None:
+        if loaded is None:
+            raise ValueError("create_model needs a model name, a CvTConfig or weights=")
+        config = loaded.config or infer_config(loaded.state_dict)
+    # the spec: our native file's own > a released checkpoint's name > an HF directory's > the size rule
+    file_spec = loaded.spec if loaded is not None else None
+    named = isinstance(name, str) and get_checkpoint(name) is not None
+    if file_spec is not None and (loaded.source_format == "native" or not named):
+        spec = file_spec
+    else:
+        spec = default_spec(config)
+    return config, spec, loaded
 
 
 def create_model(
@@ -31,10 +76,9 @@ def create_model(
 
     Args:
         name: an architecture or checkpoint name (``cvt.list_models()``), a :class:`CvTConfig`, or ``None``
-            to take the architecture from ``weights`` (a cvt-torch file or an HF directory describe
-            themselves; an official ``.pth`` is recognised by its shapes).
+            to take the architecture from ``weights`` (see the module docstring).
         weights: a local weight file or directory in any supported layout (official ``.pth``, HF directory /
-            ``.safetensors`` / ``.bin``, cvt-torch ``.safetensors``); the layout is detected from the keys.
+            ``.safetensors`` / ``.bin``, cvt ``.safetensors``); the layout is detected from the keys.
         pretrained: download the released checkpoint ``name`` from the Hugging Face hub (cached).
         num_classes: the head size. ``None`` keeps the file's; a different number puts a fresh head on the
             loaded backbone (fine-tuning); ``0`` removes the head.
@@ -44,52 +88,32 @@ def create_model(
         **overrides: other top-level :class:`CvTConfig` fields (``img_size``, ``init``, ...).
 
     Returns:
-        The model in eval mode if weights were loaded, else in train mode (as ``nn.Module`` builds it).
+        The model (``model.pretrained_cfg``: its spec; ``model.load_report``: what loading found), in eval
+        mode if weights were loaded, else in train mode (as ``nn.Module`` builds it).
     """
-    if isinstance(name, CvTConfig):
-        config: CvTConfig | None = name
-    elif name is not None:
-        config = get_config(name)
-    else:
-        config = None
-    if pretrained:
-        if weights is not None:
-            raise ValueError("give either pretrained=True or weights=..., not both")
-        ckpt = get_checkpoint(name) if isinstance(name, str) else None
-        if ckpt is None:
-            raise ValueError(f"pretrained=True needs a released checkpoint name, got {name!r}")
-        from .weights.hub import download_checkpoint
-
-        weights = download_checkpoint(ckpt)
-
-    loaded = read_weights(weights) if weights is not None else None
-    if config is None:
-        if loaded is None:
-            raise ValueError("create_model needs a model name, a CvTConfig or weights=")
-        config = loaded.config or infer_config(loaded.state_dict)
-
+    config, spec, loaded = resolve(name, weights=weights, pretrained=pretrained)
     changes: dict[str, Any] = dict(overrides)
     if activation is not None:
         changes["activation"] = activation
     if loaded is not None:
         file_classes = loaded.state_dict["head.weight"].shape[0] if "head.weight" in loaded.state_dict else 0
         changes.setdefault("num_classes", file_classes if num_classes is None else num_classes)
-        if loaded.labels and changes["num_classes"] == len(loaded.labels):
-            changes["extra"] = {**config.extra, "labels": loaded.labels}
     elif num_classes is not None:
         changes["num_classes"] = num_classes
     if changes:
         config = config.replace(**changes)
+    if isinstance(spec.labels, tuple) and len(spec.labels) != config.num_classes:
+        spec = spec.replace(labels=None)  # a new head: the file's names no longer apply
 
     model = CvT(config)
+    model.pretrained_cfg = spec
     if loaded is not None:
-        report = load_state_dict(model, loaded.state_dict, strict=strict, source=str(loaded.path))
-        log.info("loaded %s (%s layout): %s", loaded.path, loaded.source_format, report)
-        model.load_report = report  # type: ignore[attr-defined]
+        model.load_report = load_state_dict(model, loaded.state_dict, strict=strict, source=str(loaded.path))
+        log.info("loaded %s (%s layout): %s", loaded.path, loaded.source_format, model.load_report)
         model.eval()
     if device is not None:
         model.to(device)
     return model
 
 
-__all__ = ["WeightsError", "create_model"]
+__all__ = ["create_model", "resolve"]

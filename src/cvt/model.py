@@ -10,12 +10,17 @@ State-dict names are the official ones with ``stage{i}`` spelled ``stages.{i}``.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import CvTConfig, StageConfig
+if TYPE_CHECKING:
+    from .weights.io import LoadReport
+
+from .core.config import CvTConfig, StageConfig
+from .core.spec import PretrainedSpec
 from .layers import Block, ConvEmbed, LayerNorm, tokens_to_map
 
 __all__ = ["CvT", "CvTStage", "count_parameters"]
@@ -100,6 +105,8 @@ class CvT(nn.Module):
     def __init__(self, config: CvTConfig):
         super().__init__()
         self.config = config
+        self.pretrained_cfg: PretrainedSpec | None = None  # preprocessing, labels, licence (set by create_model)
+        self.load_report: LoadReport | None = None  # what loading weights found (set by create_model)
         self.num_classes = config.num_classes
         self.num_features = config.num_features
         eps = config.layer_norm_eps

@@ -11,32 +11,26 @@ tensors ``(C, H, W)`` -- all decoded and preprocessed like the official evaluati
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data.labels import resolve_labels
-from .data.transforms import (
-    DEFAULT_MAX_PIXELS,
-    EvalPreprocess,
-    ImageError,
-    build_eval_transform,
-    load_image,
-    to_pil,
-)
+from .core.errors import ImageError, UsageError
+from .core.images import DEFAULT_MAX_PIXELS, load_image, to_pil
+from .core.labels import resolve_labels
+from .core.presets import default_spec, get_checkpoint, get_config
+from .core.spec import EvalPreprocess
+from .data.transforms import build_eval_transform
 from .model import CvT
-from .registry import get_checkpoint, get_config
 
 DEFAULT_MODEL = "cvt-13"
 
 
-class PredictorError(ValueError):
+class PredictorError(UsageError):
     """Arguments that cannot make a predictor (no weights for a name, bad ``topk`` ...)."""
 
 
@@ -65,32 +59,6 @@ class BatchResult:
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def preprocess_for(
-    model_name: str | None,
-    config_img_size: int,
-    weights: str | os.PathLike[str] | None,
-    extra: Mapping[str, Any] | None = None,
-) -> EvalPreprocess:
-    """The checkpoint's preprocessing, most specific first: ``extra["preprocess"]`` of the model's config
-    (written by ``cvt train``), the registry for a checkpoint name, an HF ``preprocessor_config.json``
-    beside the weights, else the released checkpoints' rule for the size."""
-    pre = (extra or {}).get("preprocess")
-    if isinstance(pre, Mapping):
-        return EvalPreprocess.from_dict(pre)
-    ckpt = get_checkpoint(model_name) if model_name else None
-    if ckpt is not None:
-        return EvalPreprocess(img_size=ckpt.img_size, crop_pct=ckpt.crop_pct)
-    if weights is not None:
-        w = Path(weights)
-        proc = (w if w.is_dir() else w.parent) / "preprocessor_config.json"
-        if proc.is_file():
-            try:
-                return EvalPreprocess.from_hf_processor(json.loads(proc.read_text()))
-            except (OSError, ValueError) as e:
-                raise PredictorError(f"{proc}: unusable preprocessing settings ({e})") from None
-    return EvalPreprocess.for_size(config_img_size)
 
 
 class _Files(Dataset):
@@ -158,12 +126,10 @@ class Predictor:
             raise PredictorError("topk and batch_size must be >= 1 and num_workers >= 0")
         self.device = torch.device(device or default_device())
         self.model = self._build(model, weights, pretrained, activation).to(self.device).eval()
-        name = model if isinstance(model, str) else None
-        self.preprocess = preprocess or preprocess_for(
-            name, self.model.config.img_size, weights, self.model.config.extra
-        )
+        spec = getattr(self.model, "pretrained_cfg", None) or default_spec(self.model.config)
+        self.preprocess = preprocess or spec.preprocess
         self.transform = build_eval_transform(self.preprocess)
-        self.labels = resolve_labels(self.model.num_classes, self.model.config.extra.get("labels"), labels)
+        self.labels = resolve_labels(self.model.num_classes, spec.labels, labels)
         self.topk, self.batch_size, self.num_workers, self.max_pixels = topk, batch_size, num_workers, max_pixels
 
     @staticmethod
@@ -265,4 +231,4 @@ class Predictor:
                 yield result
 
 
-__all__ = ["BatchResult", "Prediction", "Predictor", "PredictorError", "preprocess_for"]
+__all__ = ["BatchResult", "Prediction", "Predictor", "PredictorError"]

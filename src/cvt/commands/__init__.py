@@ -1,33 +1,22 @@
-"""CLI verbs. Library errors are turned into :class:`UserError` / :class:`UsageError` here, in one place."""
+"""CLI verbs. Every library error is a :class:`~cvt.core.errors.CvtError` carrying its exit status."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 
-from ..config import ConfigError
-from ..registry import UnknownModelError
-from ..weights.convert import ConversionError
-from ..weights.io import WeightsError
+from ..core.errors import CvtError, UsageError
 
+UserError = CvtError  # a failure caused by the user's inputs (exit status 1): one line, no traceback
 
-class UserError(Exception):
-    """A failure caused by the user's inputs (exit status 1): printed as one line, no traceback."""
-
-
-class UsageError(UserError):
-    """Arguments that make no sense (exit status 2)."""
+__all__ = ["UsageError", "UserError", "user_errors"]
 
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Re-raise the library's input errors as :class:`UserError` / :class:`UsageError`."""
+    """Turn environment errors on user paths into :class:`UserError` (library errors pass through)."""
     try:
         yield
-    except (UnknownModelError, ConfigError) as e:
-        raise UsageError(str(e)) from None
-    except (WeightsError, ConversionError) as e:
-        raise UserError(str(e)) from None
     except FileNotFoundError as e:
         raise UserError(f"{e.filename}: no such file or directory") from None
     except OSError as e:

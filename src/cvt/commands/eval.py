@@ -33,11 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
+    from ..core.presets import get_checkpoint
     from ..data.datasets import DataError, EvalSet, collate, eval_source
     from ..data.transforms import build_eval_transform
-    from ..eval import eval_preprocess_for, evaluate
+    from ..eval import evaluate
     from ..factory import create_model
-    from ..registry import get_checkpoint
 
     if args.batch_size < 1 or args.workers < 0:
         raise UsageError("--batch-size must be >= 1 and --workers >= 0")
@@ -51,8 +51,8 @@ def run_eval(args: argparse.Namespace) -> int:
             model = create_model(args.model, pretrained=True, device=device)
         model.eval()
         cfg = model.config
-        pre = eval_preprocess_for(cfg, args.model, args.weights)
-        labels = list(cfg.extra.get("labels") or []) or None
+        pre = model.pretrained_cfg.preprocess
+        labels = model.pretrained_cfg.labels if isinstance(model.pretrained_cfg.labels, tuple) else None
         try:
             source = eval_source(args.data, cfg.num_classes, labels)
         except DataError as e:
@@ -82,10 +82,9 @@ def run_eval(args: argparse.Namespace) -> int:
         "confusion": res["confusion"] if cfg.num_classes <= 100 else None,
     }
     if args.output:
-        from ..weights.io import atomic_write
+        from ..core.files import write_text
 
-        text = json.dumps(report, indent=2) + "\n"
-        atomic_write(args.output, lambda tmp: tmp.write_text(text))
+        write_text(args.output, json.dumps(report, indent=2) + "\n")
     if args.confusion:
         from ..train.plots import confusion_matrix
 

@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from ..flops import count_macs, count_params
-    from ..registry import ARCHITECTURES, CHECKPOINTS, get_config, list_models
+    from ..core.macs import count_macs, count_params
+    from ..core.presets import ARCHITECTURES, CHECKPOINTS, get_config, list_models
 
     rows = []
     for name in list_models(pretrained=args.pretrained):
@@ -66,16 +66,11 @@ def run_list(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..flops import count_macs, count_params, stage_costs
-    from ..registry import get_config
-    from ..weights.io import infer_config, read_weights
+    from ..core.macs import count_macs, count_params, stage_costs
+    from ..factory import resolve
 
     with user_errors():
-        if Path(args.name).exists():
-            loaded = read_weights(args.name)
-            cfg = loaded.config or infer_config(loaded.state_dict)
-        else:
-            cfg = get_config(args.name)
+        cfg = resolve(weights=args.name)[0] if Path(args.name).exists() else resolve(args.name)[0]
         if args.num_classes is not None:
             cfg = cfg.replace(num_classes=args.num_classes)
         res = args.resolution or [cfg.img_size]

@@ -23,7 +23,7 @@ FORMATS = ("table", "json", "csv")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..data.transforms import DEFAULT_MAX_PIXELS
+    from ..core.images import DEFAULT_MAX_PIXELS
 
     p = sub.add_parser(
         "predict",
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------- inputs
 def _walk(root: str, problems: list[tuple[str, str]]) -> list[str]:
-    from ..data.transforms import list_images
+    from ..core.images import list_images
 
     def onerror(e: OSError) -> None:
         problems.append((str(e.filename), f"{e.filename}: cannot list directory ({e.strerror})"))
@@ -135,7 +135,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..data.labels import LabelError
+    from ..core.labels import LabelError
     from ..predict import Predictor, PredictorError
 
     _check_args(args)

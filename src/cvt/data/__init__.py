@@ -1,1 +1,1 @@
-"""Data: image decoding and evaluation preprocessing (:mod:`.transforms`)."""
+"""Data for the PyTorch side: torch tensors from the core's preprocessing, augmentation, data sets."""

@@ -20,19 +20,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
+from ..core.preprocess import RESAMPLE
+from ..core.preprocess import normalize as normalize_array
+
 Rng = np.random.Generator
-_RESAMPLE = {
-    "bicubic": Image.Resampling.BICUBIC,
-    "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST,
-}
 
 
 def normalize(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """RGB PIL image -> ``(3, H, W)`` float32, ``(x / 255 - mean) / std``."""
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
-    arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    """RGB PIL image -> ``(3, H, W)`` float32, ``(x / 255 - mean) / std`` (the evaluation's own rule)."""
+    return torch.from_numpy(normalize_array(img.convert("RGB"), mean, std))
 
 
 def fill_color(mean: Sequence[float]) -> tuple[int, int, int]:
@@ -78,7 +74,7 @@ class RandomResizedCrop:
         return left, top, left + w, top + h
 
     def __call__(self, img: Image.Image, rng: Rng) -> Image.Image:
-        return img.resize((self.size, self.size), _RESAMPLE[self.interpolation], box=self.box(*img.size, rng))
+        return img.resize((self.size, self.size), RESAMPLE[self.interpolation], box=self.box(*img.size, rng))
 
 
 def random_translate(img: Image.Image, max_fraction: float, rng: Rng, fill: tuple[int, int, int]) -> Image.Image:
@@ -191,7 +187,7 @@ class RandAugment:
                    prob=kw.get("p", 0.5), fill=fill, interpolation=interpolation)  # fmt: skip
 
     def __call__(self, img: Image.Image, rng: Rng) -> Image.Image:
-        resample = _RESAMPLE[self.interpolation]
+        resample = RESAMPLE[self.interpolation]
         for k in rng.integers(0, len(_INCREASING), self.num_ops):
             if rng.random() > self.prob:
                 continue
@@ -266,7 +262,7 @@ class TrainTransform:
         if self.crop is not None:
             img = self.crop(img, rng)
         else:
-            img = img.resize((self.size, self.size), _RESAMPLE[self.interpolation])
+            img = img.resize((self.size, self.size), RESAMPLE[self.interpolation])
         if self.translate > 0:
             img = random_translate(img, self.translate, rng, self.fill)
         if self.hflip > 0 and rng.random() < self.hflip:

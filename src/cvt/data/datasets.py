@@ -28,13 +28,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .transforms import ImageError, list_images, load_image
+from ..core.errors import DataError, ImageError
+from ..core.images import list_images, load_image
 
 _SYNSET = re.compile(r"^n\d{8}$")
-
-
-class DataError(ValueError):
-    """A data set that cannot be used (missing folder, unknown class, empty split): one line."""
 
 
 # ---------------------------------------------------------------------------- sources
@@ -340,7 +337,7 @@ def collate(batch: list[Item]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 # ---------------------------------------------------------------------------- evaluation class mapping
 def imagenet_synsets() -> list[str]:
     """The 1000 ImageNet-1k synset ids in class-index order (shipped with the package)."""
-    from .labels import imagenet_wnids
+    from ..core.labels import imagenet_wnids
 
     return imagenet_wnids()
 

@@ -9,13 +9,12 @@ The loop is importable apart from argument parsing: :func:`fit` (a whole run), :
 biases and the cls token).
 """
 
-from .config import TRAIN_PRESETS, TrainConfig, TrainConfigError, load_config, validate
+from .config import TrainConfig, TrainConfigError, load_config, validate
 from .loop import TrainingDiverged, train_one_epoch
 from .optim import build_optimizer, lr_at, param_groups
 from .runner import FitResult, TrainError, fit
 
 __all__ = [
-    "TRAIN_PRESETS",
     "FitResult",
     "TrainConfig",
     "TrainConfigError",

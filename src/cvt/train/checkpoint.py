@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..weights.io import atomic_write
+from ..core.errors import CvtError, first_line
+from ..core.files import atomic_write
 
 FORMAT = "cvt-torch-train"
 VERSION = 1
@@ -26,7 +27,7 @@ LAST = "last.pt"
 BEST = "best.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CvtError, ValueError):
     """A training checkpoint that cannot be used (one line, names the file)."""
 
 
@@ -41,8 +42,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable file gets the same one-line message
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise CheckpointError(f"{path}: not a readable training checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: not a readable training checkpoint ({first_line(e)})") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cvt-torch training checkpoint")
     if ck.get("version", 0) > VERSION:

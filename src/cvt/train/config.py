@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, CvTConfig, StageConfig
+from ..core.config import ConfigError, CvTConfig
 
 DATA_KINDS = ("digits", "folder", "list")
 OPTIMIZERS = ("adamw", "sgd")
@@ -34,26 +34,6 @@ _RANDAUG_RE = re.compile(r"^rand(-(m\d+(\.\d+)?|n\d+|mstd\d+(\.\d+)?|inc[01]|p\d
 
 class TrainConfigError(ConfigError):
     """An invalid training configuration (one line, names the key and lists what is valid)."""
-
-
-# ---------------------------------------------------------------------------- model presets
-# Architectures that only make sense for training recipes live here, not in the model registry: a recipe
-# names them like any registered architecture (``model.name: cvt-digits``).
-TRAIN_PRESETS: dict[str, CvTConfig] = {
-    # 1.7M parameters for 32x32 inputs (8x8 digits upscaled): the official 7x7/4 stem gives an 8x8 token map,
-    # one token per original pixel; then 4x4 and 2x2 maps plus the cls token. Chosen on seeds 0-2 against a
-    # 32/96/128-wide model (0.8M; 98.9-99.4%) -- see configs/digits.yaml.
-    "cvt-digits": CvTConfig(
-        stages=(
-            StageConfig(64, 1, 1, patch_size=7, patch_stride=4, patch_padding=2),
-            StageConfig(128, 2, 2),
-            StageConfig(192, 2, 3, cls_token=True, drop_path_rate=0.1),
-        ),
-        num_classes=10,
-        img_size=32,
-        name="cvt-digits",
-    ),
-}
 
 
 # ---------------------------------------------------------------------------- sections
@@ -70,7 +50,7 @@ class RecipeInfo:
 
 @dataclass
 class ModelSection:
-    name: str | None = "cvt-digits"  # architecture / checkpoint name (cvt list) or a training preset
+    name: str | None = "cvt-digits"  # architecture / checkpoint name (cvt list)
     spec: dict[str, Any] | None = None  # a full CvTConfig as a mapping (stages: [...]) instead of a name
     weights: str | None = None  # start from these weights (fine-tuning: a new head if the class count differs)
     activation: str | None = None  # quick_gelu (official) | gelu; default: the architecture's
@@ -197,7 +177,7 @@ class TrainConfig:
 
     def resolve_model_config(self, num_classes: int) -> CvTConfig:
         """The architecture this recipe trains, with ``num_classes`` and the data's ``img_size``."""
-        from ..registry import UnknownModelError, get_config
+        from ..core.presets import UnknownModelError, get_config
 
         m = self.model
         if m.spec is not None:
@@ -205,8 +185,6 @@ class TrainConfig:
                 base = CvTConfig.from_dict(m.spec)
             except ConfigError as e:
                 raise TrainConfigError(f"model.spec.{e}") from None
-        elif m.name in TRAIN_PRESETS:
-            base = TRAIN_PRESETS[m.name]
         else:
             try:
                 base = get_config(str(m.name))
@@ -237,9 +215,9 @@ _Dumper.add_representer(list, _flow_list)
 
 
 def _model_names() -> str:
-    from ..registry import list_models
+    from ..core.presets import list_models
 
-    return ", ".join(sorted(set(list_models()) | set(TRAIN_PRESETS)))
+    return ", ".join(list_models())
 
 
 # ---------------------------------------------------------------------------- loading
@@ -392,8 +370,8 @@ def validate(cfg: TrainConfig, check_paths: bool = False) -> None:
     m, d, a, o, s, r = cfg.model, cfg.data, cfg.augment, cfg.optim, cfg.schedule, cfg.run
     if (m.name is None) == (m.spec is None):
         raise TrainConfigError("model: give exactly one of model.name (an architecture) or model.spec (a CvTConfig)")
-    if m.name is not None and m.name not in TRAIN_PRESETS:
-        from ..registry import get_checkpoint, list_models
+    if m.name is not None:
+        from ..core.presets import get_checkpoint, list_models
 
         if m.name.lower() not in list_models():
             raise TrainConfigError(f"model.name: unknown model {m.name!r} (valid: {_model_names()})")

@@ -14,13 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.errors import CvtError
 from ..data.augment import MixupCutmix
 from .distributed import DistInfo, all_reduce_sum
 from .ema import ModelEma
 from .optim import lr_at, set_lr
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(CvtError, RuntimeError):
     """The loss became NaN or infinite; the run stopped without writing anything after the last good epoch."""
 
 

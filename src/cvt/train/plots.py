@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..weights.io import atomic_write
+from ..core.files import atomic_write
 
 log = logging.getLogger(__name__)
 

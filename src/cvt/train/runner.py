@@ -29,12 +29,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import CvTConfig
+from ..core.config import CvTConfig
+from ..core.errors import CvtError
+from ..core.files import atomic_write
+from ..core.spec import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess, PretrainedSpec
 from ..data.augment import MixupCutmix, TrainTransform
 from ..data.datasets import DataError, DigitsImages, EvalSet, TrainSet, build_sources, collate, svc_baseline
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess, build_eval_transform
+from ..data.transforms import build_eval_transform
 from ..eval import evaluate
-from ..weights.io import atomic_write, save_native
+from ..weights.io import save_native
 from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig, TrainConfigError, default_out_dir, load_config, validate
@@ -49,7 +52,7 @@ OWNED_FILES = ("last.pt", "best.pt", "best.safetensors", "final.safetensors", "m
                "learning_curve.png", "config.yaml")  # fmt: skip
 
 
-class TrainError(RuntimeError):
+class TrainError(CvtError, RuntimeError):
     """A run that cannot start or go on (existing run directory, mismatched checkpoint): one line."""
 
 
@@ -257,7 +260,7 @@ class _Run:
         mcfg = self.cfg.resolve_model_config(num_classes)
         weights = m.weights
         if m.pretrained:
-            from ..registry import get_checkpoint
+            from ..core.presets import get_checkpoint
             from ..weights.hub import download_checkpoint
 
             weights = download_checkpoint(get_checkpoint(str(m.name)))
@@ -271,13 +274,13 @@ class _Run:
         return model
 
     def _model_config(self, model: nn.Module, num_classes: int) -> CvTConfig | None:
-        """The architecture plus what inference needs: class names and preprocessing (in ``extra``)."""
+        """The architecture; what inference needs (class names, preprocessing) goes in ``model.pretrained_cfg``."""
         config = getattr(model, "config", None)
         if not isinstance(config, CvTConfig):
             return None
-        extra = {**dict(config.extra), "labels": list(self.classes), "preprocess": self.eval_pre.to_dict()}
-        config = config.replace(extra=extra, num_classes=num_classes)
-        model.config = config  # so a saved file describes itself fully
+        config = config.replace(num_classes=num_classes)
+        model.config = config
+        model.pretrained_cfg = self.spec = PretrainedSpec(self.eval_pre, tuple(self.classes), source="cvt train")
         return config
 
     def _amp(self) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
@@ -345,7 +348,7 @@ class _Run:
 
     def _export_best(self, model: nn.Module) -> None:
         if self.info.is_main and self.model_config is not None:
-            save_native(model.state_dict(), self.model_config, self.out / "best.safetensors")
+            save_native(model.state_dict(), self.model_config, self.out / "best.safetensors", self.spec)
 
     # ------------------------------------------------------------------ the epochs
     def _epochs(self, state: dict[str, Any], train_loader, val_loader, tb) -> None:
@@ -429,7 +432,7 @@ class _Run:
         )  # fmt: skip
         if self.info.is_main and self.model_config is not None:  # the weights the run ended with
             final = self.ema.module if self.ema is not None else self.raw
-            save_native(final.state_dict(), self.model_config, out / "final.safetensors")
+            save_native(final.state_dict(), self.model_config, out / "final.safetensors", self.spec)
         if self.info.is_main:
             curve = None
             if cfg.run.plots:

@@ -1,30 +1,19 @@
-"""Weight files: key conversion (pure, :mod:`.convert`), reading and writing (:mod:`.io`), hub (:mod:`.hub`)."""
+"""Weight files for the PyTorch model: reading and writing (:mod:`.io`), the hub download (:mod:`.hub`).
 
-from .convert import ConversionError, convert_state_dict, detect_format, to_native
-from .io import (
-    LoadedWeights,
-    LoadReport,
-    WeightsError,
-    infer_config,
-    load_state_dict,
-    read_weights,
-    save_hf,
-    save_native,
-    save_official,
-)
+The key-conversion rules themselves are framework-free: :mod:`cvt.core.keys`.
+"""
+
+from ..core.errors import ConversionError, WeightsError
+from .io import LoadedWeights, LoadReport, load_state_dict, read_weights, save_hf, save_native, save_official
 
 __all__ = [
     "ConversionError",
     "LoadReport",
     "LoadedWeights",
     "WeightsError",
-    "convert_state_dict",
-    "detect_format",
-    "infer_config",
     "load_state_dict",
     "read_weights",
     "save_hf",
     "save_native",
     "save_official",
-    "to_native",
 ]

@@ -5,33 +5,30 @@ Read: official ``.pth`` (plain, or wrapped in ``state_dict`` / ``model``), HF di
 (a ``.safetensors`` file whose metadata carries the :class:`~cvt.config.CvTConfig` JSON, optionally in a
 directory with ``config.json``). Pickles are only ever opened with ``torch.load(weights_only=True)``.
 
-Write (always atomically: temporary file, fsync, rename): native, HF directory, official ``.pth``.
+Write (always atomically, :func:`cvt.core.files.atomic_write`): native, HF directory, official ``.pth``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import CvTConfig
-from .convert import ConversionError, convert_state_dict, to_native
+from ..core import native
+from ..core.config import CvTConfig, hf_labels
+from ..core.errors import ConversionError, WeightsError, first_line
+from ..core.files import atomic_write, write_text
+from ..core.keys import convert_state_dict, to_native
+from ..core.spec import EvalPreprocess, PretrainedSpec
 
-NATIVE_FORMAT_TAG = "cvt-torch"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
-
-
-class WeightsError(ValueError):
-    """A weight file that cannot be used; the message starts with the path and says what is wrong."""
 
 
 @dataclass
@@ -42,8 +39,7 @@ class LoadedWeights:
     source_format: str  # "native" | "official" | "hf"
     path: Path
     config: CvTConfig | None = None  # from native metadata or an HF config.json, when present
-    labels: list[str] | None = None
-    notes: list[str] = field(default_factory=list)
+    spec: PretrainedSpec | None = None  # labels / preprocessing the file (or its directory) carries
 
 
 # ---------------------------------------------------------------------------- reading
@@ -56,9 +52,9 @@ def _load_pickle(path: Path) -> Any:
                 f"{path}: refused to load: the pickle contains objects other than tensors "
                 "(possibly code); only weights_only pickles are accepted"
             ) from None
-        raise WeightsError(f"{path}: not a readable PyTorch file ({_first_line(e)})") from None
+        raise WeightsError(f"{path}: not a readable PyTorch file ({first_line(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as e:
-        msg = _first_line(e)
+        msg = first_line(e)
         if "zip" in msg.lower() or "central directory" in msg or isinstance(e, EOFError):
             msg = f"truncated or corrupt file ({msg})"
         raise WeightsError(f"{path}: {msg}") from None
@@ -72,7 +68,7 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             meta = f.metadata() or {}
             return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 (safe_open is no dict)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise WeightsError(f"{path}: not a valid safetensors file, truncated or corrupt ({_first_line(e)})") from None
+        raise WeightsError(f"{path}: not a valid safetensors file, truncated or corrupt ({first_line(e)})") from None
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -119,73 +115,35 @@ def read_weights(path: str | os.PathLike[str]) -> LoadedWeights:
     except ConversionError as e:
         raise WeightsError(f"{weight_file}: {e}") from None
     out = LoadedWeights(sd, fmt, weight_file)
-    if meta.get("format_tag") == NATIVE_FORMAT_TAG and "config" in meta:
-        out.config = CvTConfig.from_json(meta["config"])
-        out.labels = list(out.config.extra.get("labels", [])) or None
+    if native.is_native(meta):
+        out.config, out.spec = native.decode_metadata(meta, weight_file)
     config_json = weight_file.parent / "config.json"
     if out.config is None and config_json.is_file():
         try:
             d = json.loads(config_json.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise WeightsError(f"{config_json}: not valid JSON ({_first_line(e)})") from None
-        if d.get("format_tag") == NATIVE_FORMAT_TAG:
-            out.config = CvTConfig.from_dict(d["config"])
+            raise WeightsError(f"{config_json}: not valid JSON ({first_line(e)})") from None
+        if native.is_native(d):
+            out.config, out.spec = native.decode_metadata(d, config_json)
         elif d.get("model_type") == "cvt":
             out.config = CvTConfig.from_hf_config(d)
-        if out.config is not None:
-            out.labels = list(out.config.extra.get("labels", [])) or None
+            out.spec = PretrainedSpec(
+                preprocess=_hf_preprocess(weight_file.parent, out.config),
+                labels=hf_labels(d),
+                source=str(weight_file.parent),
+            )
     return out
 
 
-def infer_config(sd: Mapping[str, torch.Tensor], base: CvTConfig | None = None) -> CvTConfig:
-    """Recover the architecture from a native state dict's shapes.
-
-    Widths, depths, kernels, cls tokens, projection methods and the class count are read off the tensors;
-    the number of heads is not stored in weights, so it comes from ``base`` when the widths agree, else
-    from a registered architecture with the same widths, else ``width // 64`` (every released CvT uses
-    64-wide heads).
-    """
-    from ..config import StageConfig
-    from ..registry import ARCHITECTURES
-
-    stage_ids = sorted({int(k.split(".")[1]) for k in sd if k.startswith("stages.")})
-    if not stage_ids:
-        raise WeightsError("state dict has no stages")
-    candidates = ([base] if base is not None else []) + list(ARCHITECTURES.values())
-    stages = []
-    for i in stage_ids:
-        p, b0 = f"stages.{i}.", f"stages.{i}.blocks.0."
-        dim, _, kernel, _ = sd[p + "patch_embed.proj.weight"].shape
-        observed: dict[str, Any] = dict(
-            embed_dim=dim,
-            depth=1 + max(int(k.split(".")[3]) for k in sd if k.startswith(p + "blocks.")),
-            patch_size=kernel,
-            mlp_ratio=sd[b0 + "mlp.fc1.weight"].shape[0] / dim,
-            qkv_bias=b0 + "attn.proj_q.bias" in sd,
-            cls_token=p + "cls_token" in sd,
-        )
-        if b0 + "attn.conv_proj_k.conv.weight" in sd:  # avg / linear projections leave no weights
-            observed.update(qkv_proj_method="dw_bn", kernel_qkv=sd[b0 + "attn.conv_proj_k.conv.weight"].shape[-1])
-        # heads, strides and paddings are not in the weights: take them from an architecture of the same width
-        ref = next((c.stages[i] for c in candidates if i < len(c.stages) and c.stages[i].embed_dim == dim), None)
-        if ref is not None:
-            stages.append(dataclasses.replace(ref, **observed))
-        else:
-            stem = {"patch_stride": 4, "patch_padding": 2} if kernel == 7 else {}  # the official 7x7 stem
-            stages.append(StageConfig(num_heads=max(1, dim // 64), **stem, **observed))
-    shape = [(s.embed_dim, s.depth) for s in stages]
-    name = next(
-        (n for n, a in ARCHITECTURES.items() if [(s.embed_dim, s.depth) for s in a.stages] == shape),
-        base.name if base is not None else "custom",
-    )
-    kwargs: dict[str, Any] = {
-        "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
-        "in_chans": sd[f"stages.{stage_ids[0]}.patch_embed.proj.weight"].shape[1],
-        "name": name,
-    }
-    if base is not None:
-        kwargs.update(activation=base.activation, img_size=base.img_size)
-    return CvTConfig(stages=tuple(stages), **kwargs)
+def _hf_preprocess(directory: Path, config: CvTConfig) -> EvalPreprocess:
+    """An HF directory's ``preprocessor_config.json``, else the released checkpoints' rule for the size."""
+    proc = directory / "preprocessor_config.json"
+    if not proc.is_file():
+        return EvalPreprocess.for_size(config.img_size)
+    try:
+        return EvalPreprocess.from_hf_processor(json.loads(proc.read_text()))
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise WeightsError(f"{proc}: unusable preprocessing settings ({first_line(e)})") from None
 
 
 # ---------------------------------------------------------------------------- loading into a model
@@ -229,16 +187,19 @@ def load_state_dict(
     own_head = own.get("head.weight")
     # same width, other class count: a new head for fine-tuning, not an error
     new_head = head_w is not None and own_head is not None and head_w.shape != own_head.shape
+    head_changed = False
     if new_head and head_w.shape[1:] == own_head.shape[1:]:
+        head_changed = True
         report.notes.append(f"new head: file has {head_w.shape[0]} classes, model {own_head.shape[0]}")
         sd.pop("head.weight")
         sd.pop("head.bias", None)
     if "head.weight" not in own and "head.weight" in sd:  # num_classes=0: drop the file's head
+        head_changed = True
         report.notes.append("head dropped: model has num_classes=0")
         sd.pop("head.weight")
         sd.pop("head.bias", None)
     report.missing = [k for k in own if k not in sd and not k.startswith("head.")]
-    report.missing += [k for k in own if k.startswith("head.") and k not in sd and not report.notes]
+    report.missing += [k for k in own if k.startswith("head.") and k not in sd and not head_changed]
     report.unexpected = [k for k in sd if k not in own]
     report.mismatched = [  # in model order: the first lines of the report are the first layers
         f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
@@ -253,30 +214,6 @@ def load_state_dict(
 
 
 # ---------------------------------------------------------------------------- writing
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` then fsync and rename over ``path``: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # keep the real suffix last: some writers (torch.export.save) insist on it
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-    return path
-
-
 def _contiguous(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
@@ -288,19 +225,23 @@ def save_safetensors(sd: Mapping[str, torch.Tensor], path: Path, metadata: dict[
     return atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=metadata))
 
 
-def save_native(sd: Mapping[str, torch.Tensor], config: CvTConfig, path: str | os.PathLike[str]) -> Path:
-    """Our format: ``.safetensors`` with the config JSON in its metadata (self-describing, one file).
+def save_native(
+    sd: Mapping[str, torch.Tensor], config: CvTConfig, path: str | os.PathLike[str], spec: PretrainedSpec | None = None
+) -> Path:
+    """Our format: ``.safetensors`` with the config and spec JSON in its metadata (self-describing, one file).
 
     If ``path`` does not end in ``.safetensors`` it is a directory that gets ``model.safetensors`` and a
     ``config.json``.
     """
     path = Path(path)
-    meta = {"format": "pt", "format_tag": NATIVE_FORMAT_TAG, "config": config.to_json()}
+    meta = native.encode_metadata(config, spec)
     if path.suffix == ".safetensors":
         return save_safetensors(sd, path, meta)
     save_safetensors(sd, path / "model.safetensors", meta)
-    text = json.dumps({"format_tag": NATIVE_FORMAT_TAG, "config": config.to_dict()}, indent=2) + "\n"
-    atomic_write(path / "config.json", lambda tmp: tmp.write_text(text))
+    doc = {"format_tag": native.FORMAT_TAG, "config": config.to_dict()}
+    if spec is not None:
+        doc["spec"] = spec.to_dict()
+    write_text(path / "config.json", json.dumps(doc, indent=2) + "\n")
     return path
 
 
@@ -312,8 +253,7 @@ def save_hf(
     directory = Path(directory)
     hf_sd = convert_state_dict(sd, "native", "hf")
     save_safetensors(hf_sd, directory / "model.safetensors", {"format": "pt"})
-    text = json.dumps(config.to_hf_config(labels), indent=2) + "\n"
-    atomic_write(directory / "config.json", lambda tmp: tmp.write_text(text))
+    write_text(directory / "config.json", json.dumps(config.to_hf_config(labels), indent=2) + "\n")
     return directory
 
 
@@ -321,8 +261,3 @@ def save_official(sd: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) 
     """A plain pickled state dict with the official key names (what ``microsoft/CvT`` loads)."""
     off = _contiguous(convert_state_dict(sd, "native", "official"))
     return atomic_write(path, lambda tmp: torch.save(off, tmp))
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__

@@ -1,12 +1,13 @@
 """Downloading released checkpoints from the Hugging Face hub.
 
-``huggingface_hub`` is imported only when a download is asked for: importing :mod:`cvt` never touches the
-network. The settings are read at call time (not at import, as ``huggingface_hub`` does):
-``HF_ENDPOINT`` (a mirror), ``HF_HUB_CACHE`` (the cache directory) and ``HF_HUB_OFFLINE=1`` (cache only).
+``huggingface_hub`` is imported only when a download is asked for: importing :mod:`cvt` never touches the network.
+Framework-free: every front-end downloads through it. The settings are read at call time (not at import, as
+``huggingface_hub`` does): ``HF_ENDPOINT`` (a mirror), ``HF_HUB_CACHE`` (the cache directory) and
+``HF_HUB_OFFLINE=1`` (cache only).
 
-Order: the cache first (no network at all when the file is there), then, unless offline, a quick TCP
-reachability check of the endpoint (so that a machine without network fails in about a second instead of
-``huggingface_hub``'s ~25 s of retries), then the download with its progress bar on stderr.
+Order: the cache first (no network at all when the file is there), then, unless offline, a quick TCP reachability
+check of the endpoint (so that a machine without network fails in about a second instead of ``huggingface_hub``'s ~25
+s of retries), then the download with its progress bar on stderr.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..registry import Checkpoint
-from .io import WeightsError
+from .errors import WeightsError, first_line
+from .presets import Checkpoint
 
 # Preferred first: safetensors needs no unpickling at all.
 CANDIDATE_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -122,17 +123,12 @@ def download_checkpoint(
             reasons.append(f"{name} not found")
             continue  # try the next file name
         except (hub_errors.RepositoryNotFoundError, hub_errors.GatedRepoError) as e:
-            reasons.append(f"repository not accessible ({_first_line(e)})")
+            reasons.append(f"repository not accessible ({first_line(e)})")
             break
         except (OSError, hub_errors.HfHubHTTPError, ValueError) as e:
             cause = e.__cause__ or e
-            reasons.append(_first_line(cause))
+            reasons.append(first_line(cause))
             break
     raise WeightsError(
         f"{ckpt.name}: could not download {ckpt.hf_repo} from {endpoint} ({'; '.join(reasons)}); {offline_help(ckpt)}"
     )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__

@@ -6,7 +6,7 @@
 
 Every mapping is one table of ``(native, foreign)`` prefix templates read in both directions, so a round
 trip is the identity by construction (and tested). A key no rule matches is an error, never silently dropped.
-Pure functions on ``dict[str, Tensor]``; this module imports nothing else from the package.
+Pure functions on ``name -> array`` mappings of any framework (torch tensors, numpy arrays): framework-free.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import TypeVar
+
+from .errors import ConversionError
 
 FORMATS = ("native", "official", "hf")
 
@@ -57,10 +59,6 @@ OFFICIAL_RULES: list[tuple[str, str]] = [
     ("norm.", "norm."),
     ("head.", "head."),
 ]
-
-
-class ConversionError(ValueError):
-    """A state dict that no rule table explains."""
 
 
 def _compile(template: str) -> re.Pattern[str]:

@@ -1,15 +1,16 @@
 """Analytic cost of a CvT: parameters and multiply-accumulates (MACs), attention matmuls included.
 
-Generic counters (ptflops, fvcore hooks) miss the ``q @ k^T`` and ``attn @ v`` products, which are ~0.5 G
-of CvT-13's 4.57 GMACs at 224 (microsoft/CvT issues #1 and #8). Counted here: every convolution, every
-Linear, both attention matmuls. Not counted (as in the paper): norms, activations, softmax, pooling, adds.
+Generic counters (ptflops, fvcore hooks) miss the ``q @ k^T`` and ``attn @ v`` products, which are ~0.5 G of CvT-13's
+4.57 GMACs at 224 (microsoft/CvT issues #1 and #8). Counted here: every convolution, every Linear, both attention
+matmuls. Not counted (as in the paper): norms, activations, softmax, pooling, adds. Framework-free: the counts come
+from the config alone (tests check them against torch's ``FlopCounterMode``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import CvTConfig, conv_out
+from .config import CvTConfig, StageConfig, conv_out
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,8 @@ def stage_costs(config: CvTConfig, height: int, width: int) -> list[StageCost]:
         embed = h * w * c * c_in * s.patch_size**2
         cls = 1 if s.cls_token else 0
 
-        q_method = "linear" if s.qkv_proj_method == "avg" else s.qkv_proj_method
-        hq, wq, q_conv = _projection(h, w, c, s.kernel_qkv, s.stride_q, s.padding_q, q_method)
-        hk, wk, kv_conv = _projection(h, w, c, s.kernel_qkv, s.stride_kv, s.padding_kv, s.qkv_proj_method)
+        (hq, wq), q_conv = _projection(s, h, w, "q")
+        (hk, wk), kv_conv = _projection(s, h, w, "kv")
         nq, nk = hq * wq + cls, hk * wk + cls
         n = h * w + cls  # tokens through the block (out proj, MLP)
         attn_proj = q_conv + 2 * kv_conv + nq * c * c + 2 * nk * c * c + nq * c * c
@@ -54,13 +54,11 @@ def stage_costs(config: CvTConfig, height: int, width: int) -> list[StageCost]:
     return out
 
 
-def _projection(h: int, w: int, c: int, kernel: int, stride: int, pad: int, method: str) -> tuple[int, int, int]:
-    """``(H', W', MACs of the depthwise conv)`` of one q/k/v projection of a ``c x h x w`` map."""
-    if method == "linear":
-        return h, w, 0
-    ceil = method == "avg"
-    ho, wo = conv_out(h, kernel, stride, pad, ceil), conv_out(w, kernel, stride, pad, ceil)
-    return ho, wo, (ho * wo * c * kernel**2 if method == "dw_bn" else 0)
+def _projection(s: StageConfig, h: int, w: int, kind: str) -> tuple[tuple[int, int], int]:
+    """``((H', W'), MACs of the depthwise conv)`` of one q (``kind="q"``) or k/v projection of an h x w map."""
+    hw = s.projected_shape(h, w, kind)
+    method = s.q_method if kind == "q" else s.qkv_proj_method
+    return hw, (hw[0] * hw[1] * s.embed_dim * s.kernel_qkv**2 if method == "dw_bn" else 0)
 
 
 def count_macs(config: CvTConfig, height: int | None = None, width: int | None = None) -> int:

@@ -19,12 +19,11 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from .errors import LabelError
+from .spec import IMAGENET_1K
+
 IMAGENET_1K_FILE = "imagenet_1k.txt"
 _PLACEHOLDER = re.compile(r"^LABEL_\d+$")
-
-
-class LabelError(ValueError):
-    """An unusable label file; the message starts with the path."""
 
 
 @lru_cache(maxsize=1)
@@ -94,11 +93,12 @@ def _labels_from_json(data: object, path: Path) -> list[str]:
 
 def resolve_labels(
     num_classes: int,
-    model_labels: Sequence[str] | None = None,
+    model_labels: Sequence[str] | str | None = None,
     label_file: str | os.PathLike[str] | Sequence[str] | None = None,
 ) -> list[str]:
     """Names for ``num_classes`` outputs (see the module docstring for the precedence).
 
+    ``model_labels``: the weights' own names (``PretrainedSpec.labels``: names or ``"imagenet-1k"``).
     ``label_file`` may also be a list of names. A user list of the wrong length raises :class:`LabelError`.
     """
     if label_file is not None:
@@ -109,7 +109,14 @@ def resolve_labels(
         if len(labels) != num_classes:
             raise LabelError(f"{source}: has {len(labels)} labels but the model has {num_classes} classes")
         return labels
-    if model_labels and len(model_labels) == num_classes and not all(_PLACEHOLDER.match(x) for x in model_labels):
+    if model_labels == IMAGENET_1K and num_classes == 1000:
+        return imagenet_labels()
+    if (
+        model_labels
+        and not isinstance(model_labels, str)
+        and len(model_labels) == num_classes
+        and not all(_PLACEHOLDER.match(x) for x in model_labels)
+    ):
         return list(model_labels)
     if num_classes == 1000:
         return imagenet_labels()

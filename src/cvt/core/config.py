@@ -10,7 +10,10 @@ Two foreign spellings are understood:
 * the HF transformers ``config.json`` of ``CvtForImageClassification``: :meth:`CvTConfig.from_hf_config` /
   :meth:`CvTConfig.to_hf_config`.
 
-This module imports nothing else from the package.
+Geometry is written here once (:func:`conv_out`, :meth:`StageConfig.kv_shape`, :meth:`CvTConfig.feature_shapes`)
+and read by the models of every framework, the MAC counter and the attention maps.
+
+Framework-free: imports nothing but :mod:`.errors`.
 """
 
 from __future__ import annotations
@@ -19,17 +22,15 @@ import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .errors import ConfigError
 
 ACTIVATIONS = ("quick_gelu", "gelu")
 PROJ_METHODS = ("dw_bn", "avg", "linear")
 INITS = ("trunc_norm", "xavier")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration; the message names the offending field."""
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,25 @@ class StageConfig:
     drop_path_rate: float = 0.0  # the LAST block of the stage gets this; the ramp starts at 0
 
     @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
+    def q_method(self) -> str:
+        """The query's projection: as k/v, except ``avg`` (the official code pools keys and values only)."""
+        return "linear" if self.qkv_proj_method == "avg" else self.qkv_proj_method
+
+    def projected_shape(self, h: int, w: int, kind: str) -> tuple[int, int]:
+        """``(H', W')`` of the query (``kind="q"``) or key/value (``"kv"``) map of an ``h x w`` token map.
+
+        ``linear`` keeps the map; ``dw_bn`` is a strided convolution; ``avg`` pools in ceil mode (official).
+        """
+        method = self.q_method if kind == "q" else self.qkv_proj_method
+        if method == "linear":
+            return h, w
+        stride, pad = (self.stride_q, self.padding_q) if kind == "q" else (self.stride_kv, self.padding_kv)
+        ceil = method == "avg"
+        return conv_out(h, self.kernel_qkv, stride, pad, ceil), conv_out(w, self.kernel_qkv, stride, pad, ceil)
+
+    def kv_shape(self, h: int, w: int) -> tuple[int, int]:
+        """``(H', W')`` of the key/value map of an ``h x w`` token map (7x7 from 14x14 in released models)."""
+        return self.projected_shape(h, w, "kv")
 
     def drop_path_rates(self) -> list[float]:
         """Per-block stochastic-depth rates: the official per-stage ``linspace(0, rate, depth)``."""
@@ -81,7 +99,6 @@ class CvTConfig:
     layer_norm_eps: float = 1e-5
     img_size: int = 224  # the resolution the model is meant for; any H, W works at run time
     name: str = "custom"
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)  # free-form (labels, provenance)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
@@ -147,12 +164,8 @@ class CvTConfig:
                     f"stages[{i}].patch_size/patch_stride/patch_padding leave an empty {h}x{w} map "
                     f"for a {height}x{width} input"
                 )
-            for kind, stride, pad in (("q", s.stride_q, s.padding_q), ("kv", s.stride_kv, s.padding_kv)):
-                if s.qkv_proj_method == "linear" or (kind == "q" and s.qkv_proj_method == "avg"):
-                    continue
-                ceil = s.qkv_proj_method == "avg"
-                hk = conv_out(h, s.kernel_qkv, stride, pad, ceil)
-                wk = conv_out(w, s.kernel_qkv, stride, pad, ceil)
+            for kind in ("q", "kv"):
+                hk, wk = s.projected_shape(h, w, kind)
                 if hk < 1 or wk < 1:
                     raise ValueError(
                         f"stages[{i}].kernel_qkv/stride_{kind}/padding_{kind} leave an empty {hk}x{wk} "
@@ -181,12 +194,12 @@ class CvTConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["stages"] = [dataclasses.asdict(s) for s in self.stages]
-        d["extra"] = dict(self.extra)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CvTConfig:
         d = dict(d)
+        d.pop("extra", None)  # files written before 0.2 kept labels and preprocessing here (now PretrainedSpec)
         stages = d.pop("stages", None)
         if not isinstance(stages, Sequence) or isinstance(stages, (str, bytes)):
             raise ConfigError("stages: expected a list of per-stage mappings")
@@ -255,7 +268,10 @@ class CvTConfig:
     # ------------------------------------------------------------------ HF transformers config.json
     @classmethod
     def from_hf_config(cls, hf: Mapping[str, Any], **overrides: Any) -> CvTConfig:
-        """Build from an HF ``CvtConfig`` dict (``config.json``); activation defaults to HF's exact GELU."""
+        """Build from an HF ``CvtConfig`` dict (``config.json``); activation defaults to HF's exact GELU.
+
+        The class names (``id2label``) are not architecture: :func:`hf_labels` reads them.
+        """
         if hf.get("model_type", "cvt") != "cvt":
             raise ConfigError(f"model_type: expected 'cvt', got {hf.get('model_type')!r}")
         depth = hf.get("depth", (1, 2, 10))
@@ -278,7 +294,6 @@ class CvTConfig:
         id2label = hf.get("id2label")
         if id2label:
             kwargs["num_classes"] = len(id2label)
-            kwargs["extra"] = {"labels": [id2label[k] for k in sorted(id2label, key=int)]}
         elif "num_labels" in hf:
             kwargs["num_classes"] = int(hf["num_labels"])
         kwargs.update(overrides)
@@ -290,7 +305,7 @@ class CvTConfig:
         Note HF always runs exact GELU: a ``quick_gelu`` model saved this way gives slightly different
         logits in transformers (the released checkpoints on the hub have the same caveat).
         """
-        labels = list(labels) if labels is not None else list(self.extra.get("labels", []))
+        labels = list(labels or [])
         if len(labels) != self.num_classes:
             labels = [f"LABEL_{i}" for i in range(self.num_classes)]
         d: dict[str, Any] = {
@@ -351,6 +366,21 @@ _HF_KEYS = {
     "padding_q": "padding_q",
     "stride_q": "stride_q",
 }
+
+
+def hf_labels(hf: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The class names of an HF ``config.json`` (``id2label`` in index order); ``None`` without real names.
+
+    HF fills ``id2label`` with ``LABEL_<i>`` placeholders when a model has no names: those do not count.
+    """
+    id2label = hf.get("id2label") or {}
+    try:
+        names = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
+    except (TypeError, ValueError):
+        raise ConfigError("id2label: keys must be class indices") from None
+    if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+        return None
+    return names
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool = False) -> int:

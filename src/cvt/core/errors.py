@@ -1,0 +1,71 @@
+"""The error types of the whole library, in one place.
+
+Every error caused by a user's input (a file, a name, an argument, a recipe) derives from :class:`CvtError`:
+its message is one line that starts with what is wrong (the path, the field, the argument), and its
+``exit_code`` is what the ``cvt`` command returns for it (1: an input could not be used; 2: a usage error).
+The command line maps them in one line; Python users catch ``CvtError`` (or the ``ValueError`` /
+``KeyError`` each also is).
+"""
+
+from __future__ import annotations
+
+
+class CvtError(Exception):
+    """An input that cannot be used; one line, no traceback needed."""
+
+    exit_code = 1
+
+
+class UsageError(CvtError, ValueError):
+    """Arguments that make no sense together (exit status 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """An invalid architecture or training configuration; the message names the offending field."""
+
+
+class UnknownModelError(UsageError, KeyError):
+    """A model name that no registry entry matches."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+class WeightsError(CvtError, ValueError):
+    """A weight file that cannot be used; the message starts with the path and says what is wrong."""
+
+
+class ConversionError(WeightsError):
+    """A state dict that no key-rule table explains."""
+
+
+class ImageError(CvtError, ValueError):
+    """An input that is not a usable image; the message starts with the path and gives the reason."""
+
+
+class LabelError(CvtError, ValueError):
+    """An unusable label file; the message starts with the path."""
+
+
+class DataError(CvtError, ValueError):
+    """A data set that cannot be used (no images, unknown classes, a malformed list ...)."""
+
+
+class MissingDependencyError(CvtError, ImportError):
+    """A feature needs an optional package (an extra) that is not installed."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when it has none), at most ``limit`` chars."""
+    text = str(e).strip().splitlines()
+    return text[0][:limit] if text else type(e).__name__
+
+
+def require(module: str, extra: str, feature: str) -> None:
+    """Raise :class:`MissingDependencyError` naming the extra to install when ``module`` is not importable."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependencyError(f"{feature} needs {module}: pip install 'cvt-models[{extra}]'")

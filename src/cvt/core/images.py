@@ -1,0 +1,145 @@
+"""Decoding image files and in-memory images to 8-bit RGB PIL images, and finding image files. No framework.
+
+Decoding (:func:`load_image`, :func:`to_rgb`) always yields 8-bit RGB: EXIF orientation applied; grayscale,
+palette and CMYK converted; 16-bit and 32-bit integer images scaled by ``>> 8`` (what Pillow itself does
+for 16-bit RGB PNGs; its ``convert("RGB")`` would clip them); **transparency composited on white** (what
+transformers' ``convert_to_rgb`` does, and how a browser shows the image: the colour under fully
+transparent pixels is undefined, often black). Files above ``max_pixels`` (default 100 megapixels) are
+refused from their header, before decoding.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError, first_line
+
+DEFAULT_MAX_PIXELS = 100_000_000
+IMAGE_EXTENSIONS = frozenset(
+    (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+     ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".avif")
+)  # fmt: skip
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def list_images(root: str | os.PathLike[str], onerror: Callable[[OSError], None] | None = None) -> list[str]:
+    """Image files under ``root`` by extension, recursively, in sorted order; hidden files and folders skipped,
+    symlinked folders followed. ``onerror`` receives folders that cannot be listed."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(
+            os.path.join(dirpath, name)
+            for name in sorted(filenames)
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+        )
+    return found
+
+
+def load_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open an image file as 8-bit RGB (see the module docstring); first frame of animations.
+
+    Raises :class:`ImageError` ``"<path>: <reason>"`` for a missing, unreadable, empty, non-image, corrupt,
+    truncated or too large (``> max_pixels``; ``None`` = no limit but Pillow's own) file.
+    """
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError(f"{path}: is a directory")
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
+            raise ImageError(f"{path}: not a regular file")
+        if st.st_size == 0:
+            raise ImageError(f"{path}: empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
+            with Image.open(path) as im:
+                check_size(im, max_pixels, path)
+                im.load()
+                return to_rgb(im)
+    except ImageError as e:
+        msg = str(e)
+        raise ImageError(msg if msg.startswith(f"{path}: ") else f"{path}: {msg}") from None
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: too large, possible decompression bomb ({e})") from None
+    except MemoryError:
+        raise ImageError(f"{path}: too large to decode (out of memory)") from None
+    except Exception as e:  # decoders raise anything on corrupt data; one file must not stop a batch
+        msg = first_line(e, 160)
+        raise ImageError(f"{path}: corrupt or truncated image ({msg})") from None
+
+
+def check_size(img: Image.Image, max_pixels: int | None, name: object = "image") -> None:
+    """Raise :class:`ImageError` if ``img`` (header only is enough) has more than ``max_pixels`` pixels."""
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageError(f"{name}: too large ({w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,})")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image -> 8-bit RGB: EXIF orientation, 16-bit scaling, palette, CMYK, alpha on white."""
+    try:
+        if img.getexif().get(0x0112, 1) != 1:  # orientation tag
+            img = ImageOps.exif_transpose(img)
+    except Exception:  # malformed EXIF: keep the pixels as stored
+        pass
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(img).astype(np.int64)
+        return Image.fromarray((np.clip(arr, 0, 65535) >> 8).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        scale = 255.0 if arr.size and arr.max() <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), "L").convert("RGB")
+    has_alpha = mode in _ALPHA_MODES or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    try:
+        return img.convert("RGB")
+    except ValueError as e:
+        raise ImageError(f"unsupported image mode {mode!r} ({e})") from None
+
+
+def to_pil(obj: Any) -> Image.Image:
+    """A PIL image, a numpy array or a uint8 tensor -> 8-bit RGB PIL image.
+
+    Arrays: ``(H, W)`` or ``(H, W, C)`` with ``C`` in 1, 3, 4 (RGBA composited on white), dtype uint8
+    (uint16 is scaled by ``>> 8``). Tensors: uint8 ``(C, H, W)`` (torchvision's ``read_image`` layout)
+    or ``(H, W)``. Raises :class:`ImageError` for anything else.
+    """
+    if isinstance(obj, Image.Image):
+        return to_rgb(obj)
+    if not isinstance(obj, np.ndarray) and hasattr(obj, "numpy") and hasattr(obj, "ndim"):  # a framework tensor
+        if "uint8" not in str(obj.dtype) or obj.ndim not in (2, 3):
+            raise ImageError(f"image tensors must be uint8 (C, H, W) or (H, W), got {obj.dtype} {tuple(obj.shape)}")
+        arr = np.asarray(obj.detach().cpu().numpy() if hasattr(obj, "detach") else obj.numpy())
+        obj = arr if arr.ndim == 2 else np.moveaxis(arr, 0, -1)
+    if not isinstance(obj, np.ndarray):
+        raise ImageError(f"expected a path, PIL image, numpy array or tensor, got {type(obj).__name__}")
+    arr = obj
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ImageError(f"arrays must be (H, W) or (H, W, C) with C in 1, 3, 4; got shape {obj.shape}")
+    if arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    if arr.dtype != np.uint8:
+        raise ImageError(f"arrays must be uint8 (0..255) or uint16; got {arr.dtype} (scale and cast first)")
+    mode = {2: "L", 3: "RGB", 4: "RGBA"}[arr.ndim if arr.ndim == 2 else arr.shape[-1]]
+    return to_rgb(Image.fromarray(np.ascontiguousarray(arr), mode))
