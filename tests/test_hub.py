@@ -26,6 +26,8 @@ hub_constants = pytest.importorskip("huggingface_hub.constants")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TINY = Checkpoint("cvt-tiny-test", "cvt-tiny", 64, "in1k", "test-org/cvt-tiny", "CvT-tiny-64x64.pth", 0.0, 0.875)
 
+pytestmark = pytest.mark.hub
+
 
 class HubServer:
     """``HEAD``/``GET /{repo}/resolve/{revision}/{file}`` like the hub: X-Repo-Commit, ETag, 404 codes."""

@@ -1,5 +1,6 @@
 """Every weight layout loads; bad files give one clear error each; writes are atomic."""
 
+import json
 import os
 import pickle
 
@@ -149,3 +150,27 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, tiny, monkeypatch):
         save_native(tiny.state_dict(), tiny.config, target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]  # no temp files left
+
+
+def test_native_file_carries_the_spec(tmp_path):
+    tiny = cvt.create_model("cvt-tiny").eval()
+    spec = cvt.PretrainedSpec(cvt.EvalPreprocess(img_size=48, crop_pct=1.0), labels=tuple("abcdefghij"), source="t")
+    save_native(tiny.state_dict(), tiny.config, tmp_path / "t.safetensors", spec)
+    again = cvt.create_model(weights=tmp_path / "t.safetensors")
+    assert again.pretrained_cfg == spec and again.config == tiny.config
+    # a new head drops the file's class names (they no longer describe the outputs)
+    assert cvt.create_model(weights=tmp_path / "t.safetensors", num_classes=3).pretrained_cfg.labels is None
+
+
+def test_native_files_written_before_the_spec_still_load(tmp_path):
+    """0.1 files kept labels and preprocessing in ``config["extra"]``: they must keep working."""
+    from safetensors.torch import save_file
+
+    tiny = cvt.create_model("cvt-tiny").eval()
+    config = {**tiny.config.to_dict(), "extra": {"labels": list("abcdefghij"), "preprocess": {"img_size": 40}}}
+    meta = {"format": "pt", "format_tag": "cvt-torch", "config": json.dumps(config, indent=2)}
+    save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(tmp_path / "old.safetensors"), meta)
+    again = cvt.create_model(weights=tmp_path / "old.safetensors")
+    assert again.config == tiny.config and again.pretrained_cfg.labels == tuple("abcdefghij")
+    assert again.pretrained_cfg.preprocess.img_size == 40
+    _same(again, tiny)

@@ -1,10 +1,7 @@
 """``create_model``: one entry point from a name, a config or a weight file to a ready :class:`~cvt.model.CvT`.
 
-One resolution rule for every caller (Python, ``cvt predict/eval/export/convert/info``): the architecture is
-the ``name`` if given, else what the weight file says about itself (our native files and HF directories
-describe themselves; an official ``.pth`` is recognised by its shapes); the spec (preprocessing, labels) is
-our native file's own, else the registry's for a checkpoint name, else an HF directory's
-(``preprocessor_config.json``, ``id2label``), else the released checkpoints' rule for the size.
+The resolution rule (which architecture, which preprocessing and labels, for a name and a weight source) is the
+framework-free :func:`cvt.core.weights.resolve`, shared with every front-end and every ``cvt`` verb.
 """
 
 from __future__ import annotations
@@ -16,10 +13,10 @@ from typing import Any
 import torch
 
 from .core.config import CvTConfig
-from .core.presets import default_spec, get_checkpoint, get_config, infer_config
 from .core.spec import PretrainedSpec
+from .core.weights import resolve as core_resolve
 from .model import CvT
-from .weights.io import LoadedWeights, load_state_dict, read_weights
+from .weights.io import LoadedWeights, load_pickle, load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -30,35 +27,8 @@ def resolve(
     weights: str | os.PathLike[str] | None = None,
     pretrained: bool = False,
 ) -> tuple[CvTConfig, PretrainedSpec, LoadedWeights | None]:
-    """``(architecture, spec, loaded weights or None)`` for a name / config and a weight source."""
-    if isinstance(name, CvTConfig):
-        config: CvTConfig | None = name
-    elif name is not None:
-        config = get_config(name)
-    else:
-        config = None
-    if pretrained:
-        if weights is not None:
-            raise ValueError("give either pretrained=True or weights=..., not both")
-        ckpt = get_checkpoint(name) if isinstance(name, str) else None
-        if ckpt is None:
-            raise ValueError(f"pretrained=True needs a released checkpoint name, got {name!r}")
-        from .core.hub import download_checkpoint
-
-        weights = download_checkpoint(ckpt)
-    loaded = read_weights(weights) if weights is not None else None
-    if config is None:
-        if loaded is None:
-            raise ValueError("create_model needs a model name, a CvTConfig or weights=")
-        config = loaded.config or infer_config(loaded.state_dict)
-    # the spec: our native file's own > a released checkpoint's name > an HF directory's > the size rule
-    file_spec = loaded.spec if loaded is not None else None
-    named = isinstance(name, str) and get_checkpoint(name) is not None
-    if file_spec is not None and (loaded.source_format == "native" or not named):
-        spec = file_spec
-    else:
-        spec = default_spec(config)
-    return config, spec, loaded
+    """``(architecture, spec, loaded torch weights or None)``: :func:`cvt.core.weights.resolve` with torch tensors."""
+    return core_resolve(name, weights=weights, pretrained=pretrained, framework="pt", read_pickle=load_pickle)
 
 
 def create_model(

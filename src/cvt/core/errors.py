@@ -65,7 +65,11 @@ def first_line(e: BaseException, limit: int = 200) -> str:
 
 def require(module: str, extra: str, feature: str) -> None:
     """Raise :class:`MissingDependencyError` naming the extra to install when ``module`` is not importable."""
-    import importlib.util
+    import importlib
 
-    if importlib.util.find_spec(module) is None:
-        raise MissingDependencyError(f"{feature} needs {module}: pip install 'cvt-models[{extra}]'")
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"{feature} needs {module}, which is not installed ({first_line(e)}): pip install 'cvt-models[{extra}]'"
+        ) from None

@@ -1,9 +1,8 @@
 """Reading and writing CvT weight files.
 
-Read: official ``.pth`` (plain, or wrapped in ``state_dict`` / ``model``), HF directories (``config.json`` +
-``model.safetensors`` or ``pytorch_model.bin``), bare ``.safetensors`` / ``.bin`` files, and our own format
-(a ``.safetensors`` file whose metadata carries the :class:`~cvt.config.CvTConfig` JSON, optionally in a
-directory with ``config.json``). Pickles are only ever opened with ``torch.load(weights_only=True)``.
+Read: every layout :mod:`cvt.core.weights` reads (official ``.pth``, HF directories and files, our native
+``.safetensors``), as torch tensors; this module adds the pickle reader, which only ever opens files with
+``torch.load(weights_only=True)``. Load: :func:`load_state_dict` with a readable report.
 
 Write (always atomically, :func:`cvt.core.files.atomic_write`): native, HF directory, official ``.pth``.
 """
@@ -22,28 +21,19 @@ from typing import Any
 import torch
 
 from ..core import native
-from ..core.config import CvTConfig, hf_labels
-from ..core.errors import ConversionError, WeightsError, first_line
+from ..core.config import CvTConfig
+from ..core.errors import WeightsError, first_line
 from ..core.files import atomic_write, write_text
-from ..core.keys import convert_state_dict, to_native
-from ..core.spec import EvalPreprocess, PretrainedSpec
+from ..core.keys import convert_state_dict
+from ..core.spec import PretrainedSpec
+from ..core.weights import LoadedArrays, read_arrays
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
-
-
-@dataclass
-class LoadedWeights:
-    """A state dict in native layout plus what the file said about itself."""
-
-    state_dict: dict[str, torch.Tensor]
-    source_format: str  # "native" | "official" | "hf"
-    path: Path
-    config: CvTConfig | None = None  # from native metadata or an HF config.json, when present
-    spec: PretrainedSpec | None = None  # labels / preprocessing the file (or its directory) carries
+LoadedWeights = LoadedArrays  # with torch tensors as values
 
 
 # ---------------------------------------------------------------------------- reading
-def _load_pickle(path: Path) -> Any:
+def load_pickle(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: a pickle that carries code is refused, never run."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -60,90 +50,9 @@ def _load_pickle(path: Path) -> Any:
         raise WeightsError(f"{path}: {msg}") from None
 
 
-def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 (safe_open is no dict)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise WeightsError(f"{path}: not a valid safetensors file, truncated or corrupt ({first_line(e)})") from None
-
-
-def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """Find the state dict inside what a checkpoint file holds (plain, ``state_dict``, ``model`` ...)."""
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "model_state_dict", "module"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                return dict(inner)
-        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        if tensors and len(tensors) == len(obj):
-            return tensors
-    raise WeightsError(f"{path}: does not contain a state dict (found {type(obj).__name__})")
-
-
-def _read_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], Path]:
-    """``(tensors, safetensors metadata, weight file)`` for a file or a checkpoint directory."""
-    if path.is_dir():
-        for name in _WEIGHT_FILES:
-            if (path / name).is_file():
-                return _read_raw(path / name)
-        raise WeightsError(f"{path}: directory holds none of {', '.join(_WEIGHT_FILES)}")
-    if not path.exists():
-        raise WeightsError(f"{path}: no such file or directory")
-    if path.stat().st_size == 0:
-        raise WeightsError(f"{path}: empty file")
-    with open(path, "rb") as f:
-        head = f.read(9)
-    # safetensors: 8-byte little-endian header length, then the JSON header
-    if path.suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{"):
-        tensors, meta = _load_safetensors(path)
-        return tensors, meta, path
-    if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch zip archive or legacy pickle
-        raise WeightsError(f"{path}: not a weight file (neither a PyTorch checkpoint nor safetensors)")
-    return _unwrap(_load_pickle(path), path), {}, path
-
-
 def read_weights(path: str | os.PathLike[str]) -> LoadedWeights:
-    """Read any supported weight file or directory and return its state dict in native layout."""
-    path = Path(path)
-    tensors, meta, weight_file = _read_raw(path)
-    try:
-        sd, fmt = to_native(tensors)
-    except ConversionError as e:
-        raise WeightsError(f"{weight_file}: {e}") from None
-    out = LoadedWeights(sd, fmt, weight_file)
-    if native.is_native(meta):
-        out.config, out.spec = native.decode_metadata(meta, weight_file)
-    config_json = weight_file.parent / "config.json"
-    if out.config is None and config_json.is_file():
-        try:
-            d = json.loads(config_json.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise WeightsError(f"{config_json}: not valid JSON ({first_line(e)})") from None
-        if native.is_native(d):
-            out.config, out.spec = native.decode_metadata(d, config_json)
-        elif d.get("model_type") == "cvt":
-            out.config = CvTConfig.from_hf_config(d)
-            out.spec = PretrainedSpec(
-                preprocess=_hf_preprocess(weight_file.parent, out.config),
-                labels=hf_labels(d),
-                source=str(weight_file.parent),
-            )
-    return out
-
-
-def _hf_preprocess(directory: Path, config: CvTConfig) -> EvalPreprocess:
-    """An HF directory's ``preprocessor_config.json``, else the released checkpoints' rule for the size."""
-    proc = directory / "preprocessor_config.json"
-    if not proc.is_file():
-        return EvalPreprocess.for_size(config.img_size)
-    try:
-        return EvalPreprocess.from_hf_processor(json.loads(proc.read_text()))
-    except (OSError, ValueError, TypeError, AttributeError) as e:
-        raise WeightsError(f"{proc}: unusable preprocessing settings ({first_line(e)})") from None
+    """Read any supported weight file or directory as torch tensors, in native layout (:mod:`cvt.core.weights`)."""
+    return read_arrays(path, framework="pt", read_pickle=load_pickle)
 
 
 # ---------------------------------------------------------------------------- loading into a model
