@@ -141,3 +141,24 @@ def test_weights_read_as_numpy_without_torch(tmp_path):
     assert out["again"] is True and out["labels"] == list("abcdefghij")
     assert "needs torch" in out["pth"] and "cvt convert" in out["pth"] and "\n" not in out["pth"]
     assert torch.equal(cvt.create_model(weights=tmp_path / "again.safetensors").head.weight, model.head.weight)
+
+
+def test_hf_preprocessor_configs_are_validated():
+    import pytest
+
+    from cvt.core.errors import ConfigError
+    from cvt.core.spec import EvalPreprocess
+
+    ok = EvalPreprocess.from_hf_processor({"size": {"shortest_edge": 224}, "crop_pct": 0.875, "resample": 3})
+    assert (ok.img_size, ok.crop_pct, ok.interpolation) == (224, 0.875, "bicubic")
+    for bad, field in [
+        ([1, 2], "expected a JSON object"),
+        ({"size": "big"}, "size"),
+        ({"crop_pct": "0.9"}, "crop_pct"),
+        ({"resample": 9}, "resample"),
+        ({"image_mean": [0.5, 0.5]}, "image_mean"),
+        ({"image_std": [0.2, 0.2, 0]}, "std"),
+        ({"crop_pct": 1.5}, "crop_pct"),
+    ]:
+        with pytest.raises(ConfigError, match=field):
+            EvalPreprocess.from_hf_processor(bad)

@@ -143,10 +143,10 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, tiny, monkeypatch):
     def boom(sd, path, metadata=None):
         with open(path, "wb") as f:
             f.write(b"half")
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(safetensors.torch, "save_file", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(cvt.core.errors.WriteError, match=f"^{target}: cannot write \\(no space left on device\\)$"):
         save_native(tiny.state_dict(), tiny.config, target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]  # no temp files left
@@ -174,3 +174,22 @@ def test_native_files_written_before_the_spec_still_load(tmp_path):
     assert again.config == tiny.config and again.pretrained_cfg.labels == tuple("abcdefghij")
     assert again.pretrained_cfg.preprocess.img_size == 40
     _same(again, tiny)
+
+
+@pytest.mark.parametrize(
+    "key, value, reason",
+    [
+        ("stages.1.blocks.0.mlp.fc1.weight", float("nan"), "non-finite"),
+        ("head.bias", float("inf"), "non-finite"),
+        ("stages.2.blocks.1.attn.conv_proj_k.bn.running_var", -0.5, "impossible BatchNorm variance"),
+    ],
+)
+def test_impossible_weights_are_refused_with_the_tensor_named(tmp_path, key, value, reason):
+    tiny = cvt.create_model("cvt-tiny").eval()
+    sd = tiny.state_dict()
+    sd[key] = sd[key].clone()
+    sd[key].view(-1)[0] = value
+    path = save_native(sd, tiny.config, tmp_path / "bad.safetensors")
+    with pytest.raises(WeightsError, match=f"^{path}: tensor {key} .*{reason}"):
+        cvt.create_model(weights=path)
+    assert read_weights(path, check=False).state_dict[key].view(-1)[0].item() != 0  # inspection still possible

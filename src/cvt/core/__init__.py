@@ -19,6 +19,7 @@ from .errors import (
     UnknownModelError,
     UsageError,
     WeightsError,
+    WriteError,
 )
 from .macs import count_macs, count_params
 from .presets import ARCHITECTURES, CHECKPOINTS, Checkpoint, get_checkpoint, get_config, list_models
@@ -42,6 +43,7 @@ __all__ = [
     "UnknownModelError",
     "UsageError",
     "WeightsError",
+    "WriteError",
     "conv_out",
     "count_macs",
     "count_params",

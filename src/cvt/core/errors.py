@@ -53,6 +53,10 @@ class DataError(CvtError, ValueError):
     """A data set that cannot be used (no images, unknown classes, a malformed list ...)."""
 
 
+class WriteError(CvtError):
+    """A file that cannot be written; the message names the destination and the reason (disk full ...)."""
+
+
 class MissingDependencyError(CvtError, ImportError):
     """A feature needs an optional package (an extra) that is not installed."""
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import stat
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -29,18 +29,55 @@ IMAGE_EXTENSIONS = frozenset(
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
+def walk_files(root: str | os.PathLike[str], onerror: Callable[[OSError], None] | None = None) -> Iterator[str]:
+    """Every file under ``root`` once, in sorted order, hidden files and folders skipped.
+
+    Non-directories are all yielded (FIFOs and dangling links too: whoever opens them reports the problem for
+    that one path).
+
+    Symlinked folders are followed, but each real directory is entered once (tracked by device and inode), so a
+    link loop or a link back to an ancestor cannot make the walk endless or repeat files; each real file is yielded
+    once too (the first name met in sorted order), however many links point at it. ``onerror`` receives folders
+    that cannot be listed.
+    """
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+    stack = [os.fspath(root)]
+    while stack:
+        directory = stack.pop()
+        try:
+            st = os.stat(directory)
+            key = (st.st_dev, st.st_ino)
+            if key in seen_dirs:
+                continue
+            seen_dirs.add(key)
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as e:
+            if onerror is not None:
+                onerror(e)
+            continue
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():  # follows symlinks
+                    subdirs.append(entry.path)
+                    continue
+                fst = entry.stat()
+            except OSError:  # a dangling link or a vanished file: yielded, so its reader reports it
+                yield entry.path
+                continue
+            fkey = (fst.st_dev, fst.st_ino)
+            if fkey not in seen_files:
+                seen_files.add(fkey)
+                yield entry.path
+        stack.extend(reversed(subdirs))  # depth first, in sorted order
+
+
 def list_images(root: str | os.PathLike[str], onerror: Callable[[OSError], None] | None = None) -> list[str]:
-    """Image files under ``root`` by extension, recursively, in sorted order; hidden files and folders skipped,
-    symlinked folders followed. ``onerror`` receives folders that cannot be listed."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(
-            os.path.join(dirpath, name)
-            for name in sorted(filenames)
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-        )
-    return found
+    """Image files (by extension) under ``root``: :func:`walk_files` order and rules, loop-safe."""
+    return [p for p in walk_files(root, onerror) if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS]
 
 
 def load_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:

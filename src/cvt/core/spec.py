@@ -66,18 +66,32 @@ class EvalPreprocess:
         ``size`` may be an int, ``{"shortest_edge": s}`` or ``{"height": h, "width": w}`` (square only);
         as in transformers, ``crop_pct`` (default 224/256) only applies below 384.
         """
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"preprocessor_config: expected a JSON object, got {type(d).__name__}")
         size = d.get("size", 224)
         if isinstance(size, Mapping):
             size = size.get("shortest_edge") or size.get("height") or size.get("width")
         if not isinstance(size, int) or size < 1:
             raise ConfigError(f"preprocessor_config size: unsupported value {d.get('size')!r}")
-        crop = float(d.get("crop_pct") or 224 / 256) if size < 384 else 1.0
+        crop_pct = d.get("crop_pct") or 224 / 256
+        if not isinstance(crop_pct, (int, float)) or isinstance(crop_pct, bool):
+            raise ConfigError(f"preprocessor_config crop_pct: expected a number, got {crop_pct!r}")
+        crop = float(crop_pct) if size < 384 else 1.0
         names = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
-        kwargs: dict[str, Any] = {"img_size": size, "crop_pct": crop}
-        kwargs["interpolation"] = names.get(d.get("resample", 3), "bicubic")
+        resample = d.get("resample", 3)
+        if resample not in names:
+            raise ConfigError(f"preprocessor_config resample: {resample!r} is not one of {sorted(names)} (PIL codes)")
+        kwargs: dict[str, Any] = {"img_size": size, "crop_pct": crop, "interpolation": names[resample]}
         if d.get("do_normalize", True):
-            kwargs["mean"] = tuple(d.get("image_mean", IMAGENET_MEAN))
-            kwargs["std"] = tuple(d.get("image_std", IMAGENET_STD))
+            for key, default in (("image_mean", IMAGENET_MEAN), ("image_std", IMAGENET_STD)):
+                value = d.get(key, default)
+                if (
+                    not isinstance(value, (list, tuple))
+                    or len(value) != 3
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                ):
+                    raise ConfigError(f"preprocessor_config {key}: expected 3 numbers, got {value!r}")
+                kwargs[key.replace("image_", "")] = tuple(float(v) for v in value)
         else:
             kwargs["mean"], kwargs["std"] = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         return cls(**kwargs)

@@ -102,15 +102,55 @@ def read_raw(
     return _unwrap(read_pickle(path), path), {}, path
 
 
+def check_values(state_dict: Mapping[str, Any], source: object) -> None:
+    """Refuse weights no model should run: non-finite values anywhere, negative BatchNorm variances.
+
+    Raises :class:`WeightsError` naming the file and the first bad tensor (native name).
+    """
+    import numpy as np
+
+    for name, value in state_dict.items():
+        arr = _float_array(value)
+        if arr is None:
+            continue
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise WeightsError(f"{source}: tensor {name} holds {bad} non-finite value(s) (NaN or inf)")
+        if name.endswith("running_var") and arr.size and float(arr.min()) < 0:
+            raise WeightsError(
+                f"{source}: tensor {name} has negative values ({float(arr.min()):.3g}): impossible BatchNorm variance"
+            )
+
+
+def _float_array(value: Any) -> Any:
+    """A numpy view of a floating-point array or framework tensor; ``None`` for integer ones."""
+    import numpy as np
+
+    if hasattr(value, "detach"):  # a torch tensor (without importing torch here)
+        return value.detach().float().cpu().numpy() if value.is_floating_point() else None
+    arr = np.asarray(value)
+    return arr if np.issubdtype(arr.dtype, np.floating) else None
+
+
 def read_arrays(
-    path: str | os.PathLike[str], *, framework: str = "np", read_pickle: PickleReader | None = None
+    path: str | os.PathLike[str],
+    *,
+    framework: str = "np",
+    read_pickle: PickleReader | None = None,
+    check: bool = True,
 ) -> LoadedArrays:
-    """Read any supported weight file or directory; its state dict comes back in the native layout."""
+    """Read any supported weight file or directory; its state dict comes back in the native layout.
+
+    ``check``: refuse non-finite values and impossible BatchNorm statistics (:func:`check_values`); turn it off
+    only to inspect a broken file.
+    """
     tensors, meta, weight_file = read_raw(Path(path), framework=framework, read_pickle=read_pickle)
     try:
         sd, fmt = to_native(tensors)
     except ConversionError as e:
         raise WeightsError(f"{weight_file}: {e}") from None
+    if check:
+        check_values(sd, weight_file)
     out = LoadedArrays(sd, fmt, weight_file)
     if native.is_native(meta):
         out.config, out.spec = native.decode_metadata(meta, weight_file)
@@ -147,6 +187,7 @@ def resolve(
     pretrained: bool = False,
     framework: str = "np",
     read_pickle: PickleReader | None = None,
+    check: bool = True,
 ) -> tuple[CvTConfig, PretrainedSpec, LoadedArrays | None]:
     """``(architecture, spec, loaded weights or None)`` for a name / config and a weight source (module docstring)."""
     if isinstance(name, CvTConfig):
@@ -164,7 +205,9 @@ def resolve(
         from .hub import download_checkpoint
 
         weights = download_checkpoint(ckpt)
-    loaded = read_arrays(weights, framework=framework, read_pickle=read_pickle) if weights is not None else None
+    loaded = None
+    if weights is not None:
+        loaded = read_arrays(weights, framework=framework, read_pickle=read_pickle, check=check)
     if config is None:
         if loaded is None:
             raise ValueError("a model needs a name, a CvTConfig or weights=")

@@ -50,9 +50,12 @@ def load_pickle(path: Path) -> Any:
         raise WeightsError(f"{path}: {msg}") from None
 
 
-def read_weights(path: str | os.PathLike[str]) -> LoadedWeights:
-    """Read any supported weight file or directory as torch tensors, in native layout (:mod:`cvt.core.weights`)."""
-    return read_arrays(path, framework="pt", read_pickle=load_pickle)
+def read_weights(path: str | os.PathLike[str], check: bool = True) -> LoadedWeights:
+    """Read any supported weight file or directory as torch tensors, in native layout (:mod:`cvt.core.weights`).
+
+    ``check``: refuse non-finite values and negative BatchNorm variances (off only to inspect a broken file).
+    """
+    return read_arrays(path, framework="pt", read_pickle=load_pickle, check=check)
 
 
 # ---------------------------------------------------------------------------- loading into a model
