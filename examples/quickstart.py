@@ -25,7 +25,7 @@ with torch.inference_mode():
     t0 = time.perf_counter()
     logits = model(x)
     dt = time.perf_counter() - t0
-    feats = model.forward_intermediates(x)
+    feats = model.forward_intermediates(x, intermediates_only=True)
     wide = model(torch.randn(1, 3, 184, 750))  # any H, W works: there is no positional embedding
 print(
     f"logits {tuple(logits.shape)} in {dt * 1000:.0f} ms "

@@ -67,3 +67,35 @@ def hf_tiny_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("hf_tiny")
     model.save_pretrained(path)
     return path, model
+
+
+# ---------------------------------------------------------------------------- training (test_train, test_distributed)
+# A few-thousand-parameter CvT on 16x16 digits: a run of a few epochs takes a second or two.
+TINY_SPEC = {
+    "name": "tiny-test",
+    "stages": [
+        {"embed_dim": 8, "depth": 1, "num_heads": 1, "patch_size": 3, "patch_stride": 2, "patch_padding": 1},
+        {"embed_dim": 16, "depth": 1, "num_heads": 2},
+        {"embed_dim": 16, "depth": 1, "num_heads": 2, "cls_token": True, "drop_path_rate": 0.1},
+    ],
+}
+
+
+def tiny_recipe(out, **sections) -> dict:
+    """A training recipe (a mapping) for TINY_SPEC on 128 / 64 digits, 3 epochs; ``sections`` update it."""
+    r = {
+        "model": {"name": None, "spec": TINY_SPEC},
+        "data": {
+            "img_size": 16,
+            "batch_size": 16,
+            "eval_batch_size": 64,
+            "max_train_samples": 128,
+            "max_val_samples": 64,
+        },
+        "optim": {"lr": 3e-3, "lr_batch": 16},
+        "schedule": {"epochs": 3, "warmup_epochs": 1},
+        "run": {"out": str(out), "threads": 1, "progress": False, "plots": False, "baseline": False},
+    }
+    for section, values in sections.items():
+        r.setdefault(section, {}).update(values)
+    return r

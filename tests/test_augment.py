@@ -13,10 +13,10 @@ from cvt.data.augment import (
     RandomErasing,
     RandomResizedCrop,
     TrainTransform,
-    normalize,
     random_translate,
     soft_targets,
 )
+from cvt.data.transforms import to_tensor
 
 
 def _photo(w: int = 64, h: int = 48) -> Image.Image:
@@ -57,8 +57,19 @@ def test_randaugment_parses_timm_spelling_and_is_deterministic(spec):
     assert a.size == img.size and np.array_equal(np.asarray(a), np.asarray(b))
     changed = sum(not np.array_equal(np.asarray(ra(img, rng(s))), np.asarray(img)) for s in range(20))
     assert changed >= 10  # two ops at p=0.5 each: most images change
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a RandAugment spec"):
         RandAugment.from_string("rand-q1")
+
+
+def test_randaugment_refuses_what_it_does_not_implement():
+    # inc0 would be timm's non-increasing ops: refused, not silently run as inc1
+    with pytest.raises(ValueError, match="inc0 is not supported, only timm's increasing ops"):
+        RandAugment.from_string("rand-m9-inc0")
+    for spec in ("rand-n2.5", "rand-m9-x", "rnd-m9", "rand-m9-"):
+        with pytest.raises(ValueError, match="not a RandAugment spec"):
+            RandAugment.from_string(spec)
+    ra = RandAugment.from_string("rand-m7-n3-mstd0-p1.0-inc1")
+    assert (ra.magnitude, ra.num_ops, ra.magnitude_std, ra.prob) == (7.0, 3, 0.0, 1.0)
 
 
 def test_random_erasing_replaces_one_box_with_noise():
@@ -74,14 +85,22 @@ def test_random_erasing_replaces_one_box_with_noise():
 
 
 def test_train_transform_is_a_function_of_the_generator():
-    tf = TrainTransform(24, (0.5,) * 3, (0.5,) * 3, scale=(0.5, 1.0), translate=0.1, hflip=0.5,
-                        randaugment="rand-m9-mstd0.5-inc1", random_erasing=0.25)  # fmt: skip
+    tf = TrainTransform(
+        24,
+        (0.5,) * 3,
+        (0.5,) * 3,
+        scale=(0.5, 1.0),
+        translate=0.1,
+        hflip=0.5,
+        randaugment="rand-m9-mstd0.5-inc1",
+        random_erasing=0.25,
+    )
     img = _photo()
     a, b, c = tf(img, rng(7)), tf(img, rng(7)), tf(img, rng(8))
     assert a.shape == (3, 24, 24) and a.dtype == torch.float32
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert torch.allclose(normalize(Image.new("RGB", (2, 2), (255, 0, 127)), (0.5,) * 3, (0.5,) * 3)[:, 0, 0],
-                          torch.tensor([1.0, -1.0, 127 / 255 * 2 - 1]))  # fmt: skip
+    white_black_grey = to_tensor(Image.new("RGB", (2, 2), (255, 0, 127)), (0.5,) * 3, (0.5,) * 3)[:, 0, 0]
+    assert torch.allclose(white_black_grey, torch.tensor([1.0, -1.0, 127 / 255 * 2 - 1]))
 
 
 def test_soft_targets_and_mixup():

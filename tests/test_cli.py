@@ -1,6 +1,9 @@
 """The ``cvt`` command through ``main([...])`` and as a subprocess (exit codes, one-line errors)."""
 
+import importlib
+import inspect
 import json
+import re
 import subprocess
 import sys
 
@@ -11,14 +14,46 @@ import cvt
 from cvt.cli import main
 from cvt.weights.io import save_official
 
+VERBS = ["list", "info", "convert", "predict", "train", "eval", "export", "bench"]
+
+
+def _help(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
 
 def test_help_lists_verbs(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["--help"])
-    assert e.value.code == 0
-    out = capsys.readouterr().out
-    for verb in ("list", "info", "convert"):
-        assert verb in out
+    assert re.findall(r"^    (\w+) ", _help(capsys), flags=re.M) == VERBS  # all of them, in this order
+    for verb in VERBS:
+        assert _help(capsys, verb).startswith(f"usage: cvt {verb} ")
+
+
+def _option_help(text: str, flag: str) -> str:
+    """The help of ``flag`` in a verb's ``--help``, whitespace collapsed."""
+    options = " ".join(text.split("options:")[1].split())
+    return options.split(f" {flag} ", 1)[1].split(" --", 1)[0]
+
+
+# (verb, option, the library callable and its parameter whose default the option must take)
+LIBRARY_DEFAULTS = [
+    ("predict", "--batch-size", "cvt.predict:Predictor", "batch_size"),
+    ("predict", "--topk", "cvt.predict:Predictor", "topk"),
+    ("predict", "--max-pixels", "cvt.predict:Predictor", "max_pixels"),
+    ("export", "--format", "cvt.export:export_model", "fmt"),
+    ("export", "--atol", "cvt.export:export_model", "atol"),
+    ("bench", "--model", "cvt.bench:run_benchmark", "model_name"),
+    ("bench", "--repeats", "cvt.bench:run_benchmark", "repeats"),
+    ("bench", "--device", "cvt.bench:run_benchmark", "device"),
+]
+
+
+@pytest.mark.parametrize("verb, flag, target, name", LIBRARY_DEFAULTS)
+def test_verb_help_shows_the_library_default(capsys, verb, flag, target, name):
+    module, attr = target.split(":")
+    default = inspect.signature(getattr(importlib.import_module(module), attr)).parameters[name].default
+    assert f"(default: {default})" in _option_help(_help(capsys, verb), flag)
 
 
 def test_list_and_info(capsys):
@@ -48,8 +83,8 @@ def test_convert_round_trip_all_layouts(tmp_path, capsys):
 
     model = randomize_norms(cvt.create_model("cvt-tiny")).eval()
     save_official(model.state_dict(), tmp_path / "official.pth")
-    assert main(["convert", str(tmp_path / "official.pth"), str(tmp_path / "n.safetensors"), "--to", "native",
-                 "--model", "cvt-tiny"]) == 0  # fmt: skip
+    to_native = ["--to", "native", "--model", "cvt-tiny"]
+    assert main(["convert", str(tmp_path / "official.pth"), str(tmp_path / "n.safetensors"), *to_native]) == 0
     assert main(["convert", str(tmp_path / "n.safetensors"), str(tmp_path / "hf"), "--to", "hf"]) == 0
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "back.pth"), "--to", "official"]) == 0
     a = torch.load(tmp_path / "official.pth", weights_only=True)
@@ -74,3 +109,58 @@ def test_python_dash_m_and_no_traceback(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "unknown model" in r.stderr
     r = subprocess.run([sys.executable, "-m", "cvt", "list"], capture_output=True, text=True)
     assert r.returncode == 0 and "cvt-w24-384-22k" in r.stdout
+
+
+def test_options_come_from_the_signature(capsys):
+    """The rules of cvt.commands._signature on one made-up verb: flags, types, choices, bounds, help."""
+    import argparse
+    from collections.abc import Sequence
+    from typing import Annotated, Literal
+
+    from cvt.commands._signature import Arg, add_function_arguments, call
+
+    def verb(
+        src: str,
+        *,
+        size: Annotated[list[int] | None, Arg("-r", metavar="R")] = None,
+        mode: Literal["a", "b"] = "a",
+        count: Annotated[int, Arg(minimum=1)] = 3,
+        sets: Annotated[Sequence[str], Arg("--set", repeat=True)] = (),
+        progress: bool = True,
+        force: bool = False,
+    ) -> dict:
+        """Do a thing.
+
+        Args:
+            src: the input
+            count: how many
+                times
+            progress: progress bar
+        """
+        return dict(locals())
+
+    parser = add_function_arguments(argparse.ArgumentParser(prog="cvt verb"), verb)
+    defaults = {"src": "x", "size": None, "mode": "a", "count": 3, "sets": [], "progress": True, "force": False}
+    assert call(parser.parse_args(["x"])) == defaults
+    argv = ["x", "-r", "3", "4", "--mode", "b", "--set", "a=1", "b=2", "--set", "c=3", "--no-progress", "--force"]
+    got = call(parser.parse_args([*argv, "--count", "2"]))
+    changed = {"size": [3, 4], "mode": "b", "count": 2, "sets": ["a=1", "b=2", "c=3"], "progress": False}
+    assert got == {**defaults, **changed, "force": True}
+    text = " ".join(parser.format_help().split())
+    assert text.startswith("usage: cvt verb") and "Do a thing." in text
+    assert "--count COUNT how many times (default: 3)" in text and "--no-progress no progress bar" in text
+    for bad, message in ((["x", "--mode", "c"], "invalid choice: 'c'"), (["x", "--count", "0"], "must be >= 1")):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(bad)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_without_torch_the_core_verbs_work_and_the_others_say_what_to_install():
+    code = "import sys; sys.modules['torch'] = None; from cvt.cli import main; sys.exit(main(sys.argv[1:]))"
+    r = subprocess.run([sys.executable, "-c", code, "list"], capture_output=True, text=True)
+    assert r.returncode == 0 and "cvt-w24-384-22k" in r.stdout
+    r = subprocess.run([sys.executable, "-c", code, "info", "cvt-13"], capture_output=True, text=True)
+    assert r.returncode == 0 and "4.57 G" in r.stdout
+    r = subprocess.run([sys.executable, "-c", code, "predict", "cat.jpg"], capture_output=True, text=True)
+    expected = "cvt predict: error: needs torch, which is not installed: pip install 'cvt-models[torch]'\n"
+    assert r.returncode == 1 and r.stderr == expected

@@ -22,9 +22,11 @@ import torch
 import yaml
 
 import cvt
+from conftest import TINY_SPEC, tiny_recipe
 from cvt.train import fit
 from cvt.train.checkpoint import load_checkpoint
-from test_train import TINY_SPEC, tiny_recipe
+
+pytestmark = pytest.mark.train
 
 
 def _free_port() -> int:
@@ -37,16 +39,23 @@ def _torchrun(recipe: dict, tmp_path: Path, name: str) -> subprocess.CompletedPr
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "PYTHONPATH": str(Path(cvt.__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "cvt", "train", "--config", str(path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "cvt",
+        "train",
+        "--config",
+        str(path),
+    ]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):

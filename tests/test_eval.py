@@ -39,6 +39,10 @@ def test_evaluate_metrics():
     assert res["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item())
     assert res["per_class"][:4] == [1.0, None, 0.5, 0.0] and res["confusion"][2] == [0, 1, 1, 0, 0, 0]
     assert res["images_per_s"] > 0
+    # under torchrun every process sums its shard's numbers with the others' (here: two identical shards)
+    twice = evaluate(_Fixed(logits), loader, 6, all_reduce=lambda t: t.mul_(2))
+    assert twice["n"] == 8 and twice["top1"] == 0.5 and twice["loss"] == pytest.approx(res["loss"])
+    assert twice["confusion"][2] == [0, 2, 2, 0, 0, 0]
 
 
 def test_class_folders_map_to_the_model_classes():
@@ -80,8 +84,22 @@ def test_cvt_eval_on_an_imagenet_v2_layout(tmp_path, capsys):
     _imagenet_v2_layout(tmp_path / "v2")
     (tmp_path / "v2" / "999" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     report = tmp_path / "out" / "report.json"
-    code = main(["eval", str(tmp_path / "v2"), "--weights", str(tmp_path / "m.safetensors"), "--batch-size", "4",
-                 "--workers", "0", "--output", str(report), "--confusion", str(tmp_path / "cm.png")])  # fmt: skip
+    code = main(
+        [
+            "eval",
+            str(tmp_path / "v2"),
+            "--weights",
+            str(tmp_path / "m.safetensors"),
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--output",
+            str(report),
+            "--confusion",
+            str(tmp_path / "cm.png"),
+        ]
+    )
     assert code == 1  # one input failed: the corrupt file is reported, the others are evaluated
     r = json.loads(report.read_text())
     assert r["n"] == 6 and r["skipped"] == 1 and set(r["per_class"]) == {"0", "1", "999"}

@@ -8,6 +8,8 @@ from conftest import randomize_norms
 from cvt.cli import main
 from cvt.export import ExportError, export_model
 
+pytestmark = pytest.mark.export
+
 
 @pytest.fixture(scope="module")
 def tiny():
@@ -17,16 +19,25 @@ def tiny():
 
 @pytest.mark.parametrize("fmt, suffix", [("torchscript", ".pt"), ("exported-program", ".pt2")])
 def test_torch_exports(tiny, tmp_path, fmt, suffix):
+    keys = tiny.state_dict().keys()
     res = export_model(tiny, tmp_path / f"m{suffix}", fmt)
     assert res.max_abs_diff <= 1e-4 and len(res.checked_shapes) == 3
     assert {s[0] for s in res.checked_shapes} == {1, 2, 3}
+    # the file holds the fused model (BatchNorm folded away); the model passed in is left as it was
+    if fmt == "torchscript":
+        graph = str(torch.jit.load(str(res.path)).inlined_graph)
+        assert "silu" in graph and "batch_norm" not in graph
+    else:
+        graph = torch.export.load(str(res.path)).graph_module.code
+        assert "silu" in graph and "batch_norm" not in graph
+    assert not tiny.fused and tiny.state_dict().keys() == keys
 
 
 def test_onnx_dynamic_batch_and_size(tiny, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    res = export_model(tiny, tmp_path / "m.onnx", "onnx", check_shapes=[(1, 3, 64, 64), (4, 3, 64, 64),
-                                                                         (2, 3, 96, 80), (1, 3, 128, 72)])  # fmt: skip
+    shapes = [(1, 3, 64, 64), (4, 3, 64, 64), (2, 3, 96, 80), (1, 3, 128, 72)]
+    res = export_model(tiny, tmp_path / "m.onnx", "onnx", check_shapes=shapes)
     assert res.max_abs_diff <= 1e-4
 
 

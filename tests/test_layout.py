@@ -15,10 +15,12 @@ RANKS = {
     "runtime": 1,
     "layers": 1,
     "model": 2,
-    "fuse": 3,
+    "fusion": 2,  # the explicit inference rewrite; CvT.fuse() delegates to it
     "weights": 3,
     "data": 3,
     "factory": 4,
+    "keras": 4,  # the Keras 3 front-end: core only (torch only inside tests, for parity)
+    "flax": 4,  # the Flax NNX front-end: core only
     "explain": 5,
     "eval": 5,
     "predict": 6,

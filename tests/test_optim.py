@@ -10,7 +10,6 @@ import torch
 
 import cvt
 from cvt.train import lr_at, param_groups
-from cvt.train.config import OptimSection
 from cvt.train.ema import ModelEma
 from cvt.train.optim import build_optimizer
 from cvt.train.sampler import EpochBatchSampler, ShardSampler
@@ -45,10 +44,13 @@ def test_no_weight_decay_on_norms_biases_and_cls_token():
 
 def test_build_optimizer_adamw_and_sgd():
     model = cvt.create_model("cvt-tiny")
-    opt = build_optimizer(model, OptimSection(), 1e-3)
+    opt = build_optimizer(model, "adamw", 1e-3, betas=(0.8, 0.99))
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == 1e-3
-    opt = build_optimizer(model, OptimSection(name="sgd", momentum=0.9, weight_decay=0.0), 0.01)
+    assert opt.param_groups[0]["betas"] == (0.8, 0.99) and opt.param_groups[0]["weight_decay"] == 0.05
+    opt = build_optimizer(model, "sgd", 0.01, momentum=0.9, weight_decay=0.0)
     assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
+    with pytest.raises(ValueError, match="not one of adamw, sgd"):
+        build_optimizer(model, "lamb", 0.01)
 
 
 def test_ema_follows_the_model():

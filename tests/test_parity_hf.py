@@ -7,6 +7,7 @@ import cvt
 from cvt.weights.io import save_hf
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.parity
 
 
 def _logits(hf, x):
@@ -15,28 +16,34 @@ def _logits(hf, x):
 
 
 def test_tiny_hf_loads_and_matches(hf_tiny_dir):
+    """Batch sizes, a non-square input, the per-stage maps and the fused model, on the tiny peer."""
     path, hf = hf_tiny_dir
     model = cvt.create_model(weights=path)  # architecture from config.json; HF numerics (gelu)
     assert model.config.activation == "gelu" and model.load_report.ok
+    fused = model.fuse()
     for shape in [(3, 3, 64, 64), (1, 3, 64, 64), (2, 3, 37, 91)]:
         x = torch.randn(shape)
         with torch.no_grad():
-            torch.testing.assert_close(model(x), _logits(hf, x), rtol=0, atol=1e-5)
+            ref = _logits(hf, x)
+            torch.testing.assert_close(model(x), ref, rtol=0, atol=1e-5)
+            torch.testing.assert_close(fused(x), ref, rtol=0, atol=1e-5)
+            hs = hf(pixel_values=x, output_hidden_states=True).hidden_states
+            for a, b in zip(model.forward_intermediates(x, intermediates_only=True), hs, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 224, 224), (1, 3, 384, 384), (1, 3, 184, 750)])
-def test_cvt13_matches_transformers(hf_cvt13_dir, shape):
+def test_cvt13_matches_transformers(hf_cvt13_dir):
+    """One real-size case: the tiny peer above covers batch 1, non-square inputs and the fused model."""
     path, hf = hf_cvt13_dir
     model = cvt.create_model("cvt-13", weights=path, activation="gelu")
-    x = torch.randn(shape)
+    x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         ours = model(x)
-    diff = (ours - _logits(hf, x)).abs().max().item()
+        hs = hf(pixel_values=x, output_hidden_states=True)
+    diff = (ours - hs.logits).abs().max().item()
     assert diff <= 1e-5, diff
-    # the per-stage maps equal HF's hidden_states
-    with torch.no_grad():
-        hs = hf(pixel_values=x, output_hidden_states=True).hidden_states
-        for a, b in zip(model.forward_intermediates(x), hs):
+    with torch.no_grad():  # the per-stage maps equal HF's hidden_states
+        for a, b in zip(model.forward_intermediates(x, intermediates_only=True), hs.hidden_states, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # maps reach |x| ~ 10: relative too
 
 

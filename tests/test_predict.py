@@ -97,8 +97,8 @@ def test_predictor_inputs_and_activation(hf_dirs):
         np.testing.assert_allclose(v.probs, single.probs[:3], rtol=0, atol=1e-6)
     batch = p(torch.stack([p.prepare(img)] * 2))  # (B, 3, H, W) float: model input as is
     assert isinstance(batch, list) and len(batch) == 2
-    assert single.to_dict() == {"path": str(path), "labels": single.labels, "indices": single.indices,
-                                "probs": single.probs}  # fmt: skip
+    expected = {"path": str(path), "labels": single.labels, "indices": single.indices, "probs": single.probs}
+    assert single.to_dict() == expected
     # a model name with the same weights: official numerics (QuickGELU), as for the released checkpoints
     q = cvt.Predictor("cvt-tiny", weights=dirs[224], device="cpu")
     assert q.model.config.activation == "quick_gelu"
@@ -144,8 +144,8 @@ def test_directory_with_bad_inputs(hf_dirs, tmp_path, capsys):
     shutil.copy(photo_paths()["china.jpg"], root / "sub" / "china.jpg")
     (root / "README.txt").write_text("skipped: not an image extension")
     bad = _bad_inputs(root)
-    rc, out, err = _run(capsys, root, tmp_path / "missing.png", "--weights", dirs[224], "--format", "csv",
-                        "--batch-size", "2", "--workers", "1")  # fmt: skip
+    options = ["--weights", dirs[224], "--format", "csv", "--batch-size", "2", "--workers", "1"]
+    rc, out, err = _run(capsys, root, tmp_path / "missing.png", *options)
     assert rc == 1 and "Traceback" not in err
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [Path(r["path"]).name for r in rows] == ["chelsea.png", "china.jpg"]
@@ -166,8 +166,8 @@ def test_labels_formats_output_and_globs(hf_dirs, tmp_path, capsys):
     for n in ("chelsea.png", "coffee.png"):
         shutil.copy(photo_paths()[n], photos / n)
     (tmp_path / "names.txt").write_text("\n".join(f"n{i}\tmine {i}" for i in range(10)) + "\n")
-    rc, out, _ = _run(capsys, photos / "*.png", "--weights", dirs[224], "--labels", tmp_path / "names.txt",
-                      "--topk", "2", "--output", tmp_path / "out.json", "--format", "json")  # fmt: skip
+    options = ["--labels", tmp_path / "names.txt", "--topk", "2", "--output", tmp_path / "out.json", "--format", "json"]
+    rc, out, _ = _run(capsys, photos / "*.png", "--weights", dirs[224], *options)
     assert rc == 0 and out == ""
     records = json.loads((tmp_path / "out.json").read_text())
     assert len(records) == 2 and all(len(r["labels"]) == 2 and r["labels"][0].startswith("mine ") for r in records)
@@ -237,7 +237,7 @@ def test_explain_writes_pngs(hf_dirs, tmp_path, capsys):
     for rec in json.loads(out):
         png = Image.open(rec["explain"])
         assert png.format == "PNG" and png.size[0] == 2 * 224 + 24 and png.size[1] > 224
-    p = cvt.Predictor(weights=dirs[384], device="cpu")
+    p = cvt.Predictor(weights=dirs[384], device="cpu", explain=True)
     x = torch.stack([p.prepare(Image.open(q)) for q in paths])  # (2, 3, 384, 384)
     heat = cls_attention(p.model, x)
     assert heat.shape == (2, 12, 12) and kv_grid(p.model, 224, 224) == (7, 7)
@@ -266,14 +266,33 @@ def test_cli_subprocess_one_line_no_traceback(tmp_path):
     model = cvt.create_model("cvt-tiny")
     save_native(model.state_dict(), model.config, tmp_path / "tiny.safetensors")
     (tmp_path / "bad.jpg").write_bytes(b"")
-    proc = subprocess.run(
-        [sys.executable, "-m", "cvt", "predict", str(tmp_path / "bad.jpg"), str(photo_paths()["coffee.png"]),
-         "--weights", str(tmp_path / "tiny.safetensors"), "--topk", "1"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    inputs = [str(tmp_path / "bad.jpg"), str(photo_paths()["coffee.png"])]
+    options = ["--weights", str(tmp_path / "tiny.safetensors"), "--topk", "1"]
+    command = [sys.executable, "-m", "cvt", "predict", *inputs, *options]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.splitlines() == [
         f"cvt predict: error: {tmp_path / 'bad.jpg'}: empty file (0 bytes)",
         "cvt predict: 1 input(s) failed, 1 classified",
     ]
     assert proc.stdout.splitlines()[0] == str(photo_paths()["coffee.png"]) and "class_" in proc.stdout
+
+
+def test_iter_files_keeps_order_failures_and_the_pixel_limit(tmp_path):
+    small, big = tmp_path / "small.png", tmp_path / "big.png"
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(small)
+    Image.new("RGB", (100, 100), (10, 200, 10)).save(big)
+    tiny = cvt.create_model("cvt-tiny").eval()
+    p = cvt.Predictor(tiny, batch_size=2, max_pixels=1000, device="cpu")
+    assert p.model.fused and not tiny.fused  # fused once for inference, on a copy of a model passed in
+    paths = [str(big), str(small), str(tmp_path / "gone.png"), str(big), str(small)]
+    batches = list(p.iter_files(paths))
+    assert [len(b.predictions) + len(b.failures) for b in batches] == [2, 2, 1]
+    assert [f for b in batches for f, _ in b.failures] == [str(big), paths[2], str(big)]
+    assert [r.path for b in batches for r in b.predictions] == [str(small), str(small)]
+    assert all("too large" in msg for b in batches for f, msg in b.failures if f == str(big))
+    with pytest.raises(cvt.predict.PredictorError, match="explain=True"):
+        next(p.iter_files(paths, explain=True))  # the cls-only fused model computes no attention maps
+    for name, value in (("topk", 0), ("batch_size", 0), ("num_workers", -1), ("max_pixels", 0)):
+        with pytest.raises(cvt.predict.PredictorError, match=f"{name} must be >= "):
+            cvt.Predictor(cvt.create_model("cvt-tiny"), **{name: value})

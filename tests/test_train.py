@@ -1,4 +1,5 @@
-"""Tiny training runs: outputs, kill-and-resume equality, accumulation, NaN stop, corrupt images, data kinds."""
+"""Tiny training runs: outputs, kill-and-resume equality, accumulation, NaN stop, corrupt images, data kinds,
+the process left as it was."""
 
 from __future__ import annotations
 
@@ -9,40 +10,21 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from PIL import Image
 
 import cvt
+from conftest import TINY_SPEC, tiny_recipe
 from cvt.cli import main
+from cvt.data.augment import MixupCutmix
 from cvt.train import TrainError, TrainingDiverged, fit
 from cvt.train.checkpoint import load_checkpoint
 
-# A few-thousand-parameter CvT on 16x16 digits: a run of a few epochs takes a second or two.
-TINY_SPEC = {
-    "name": "tiny-test",
-    "stages": [
-        {"embed_dim": 8, "depth": 1, "num_heads": 1, "patch_size": 3, "patch_stride": 2, "patch_padding": 1},
-        {"embed_dim": 16, "depth": 1, "num_heads": 2},
-        {"embed_dim": 16, "depth": 1, "num_heads": 2, "cls_token": True, "drop_path_rate": 0.1},
-    ],
-}
-
-
-def tiny_recipe(out: Path, **sections) -> dict:
-    r = {
-        "model": {"name": None, "spec": TINY_SPEC},
-        "data": {"img_size": 16, "batch_size": 16, "eval_batch_size": 64, "max_train_samples": 128,
-                 "max_val_samples": 64},
-        "optim": {"lr": 3e-3, "lr_batch": 16},
-        "schedule": {"epochs": 3, "warmup_epochs": 1},
-        "run": {"out": str(out), "threads": 1, "progress": False, "plots": False, "baseline": False},
-    }  # fmt: skip
-    for section, values in sections.items():
-        r.setdefault(section, {}).update(values)
-    return r
-
+pytestmark = pytest.mark.train
 
 DETERMINISTIC = ("epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5")
 
@@ -53,19 +35,32 @@ def _same_history(a: list[dict], b: list[dict]) -> None:
         assert {k: x.get(k) for k in DETERMINISTIC} == {k: y.get(k) for k in DETERMINISTIC}
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+def _process_state() -> tuple:
+    """What a run must leave as it found it: torch threads, cuDNN autotuning, the global torch generator."""
+    return torch.get_num_threads(), torch.backends.cudnn.benchmark, torch.get_rng_state().numpy().tobytes()
 
 
-def test_a_run_writes_everything_a_user_needs(tmp_path):
+def test_a_run_writes_everything_a_user_needs_and_leaves_the_process_as_it_was(tmp_path):
     out = tmp_path / "run"
-    res = fit(tiny_recipe(out, run={"plots": True, "baseline": True}), echo=lambda s: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # the recipe asks for 1
+    try:
+        before = _process_state()
+        res = fit(tiny_recipe(out, run={"plots": True, "baseline": True}), echo=lambda s: None)
+        assert _process_state() == before
+    finally:
+        torch.set_num_threads(threads)
     names = {p.name for p in out.iterdir()}
-    assert {"config.yaml", "last.pt", "best.pt", "best.safetensors", "metrics.jsonl", "summary.json",
-            "learning_curve.png", "final.safetensors"} <= names  # fmt: skip
+    assert {
+        "config.yaml",
+        "last.pt",
+        "best.pt",
+        "best.safetensors",
+        "metrics.jsonl",
+        "summary.json",
+        "learning_curve.png",
+        "final.safetensors",
+    } <= names
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2, 3] and all(0 <= x["val_top1"] <= 1 for x in lines)
     assert res.best_top1 == max(x["val_top1"] for x in lines) and 0 < res.baseline["svc_rbf_top1"] <= 1
@@ -159,6 +154,19 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
             assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-5)
 
 
+def test_mixed_targets_loss_is_the_soft_target_cross_entropy_bit_for_bit():
+    """The loop's F.cross_entropy with (B, K) probability targets equals sum(-target * log_softmax), gradients too."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 3, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g)
+    for seed in range(4):  # mixup and cutmix batches
+        _, target = MixupCutmix(10, 0.8, 1.0, label_smoothing=0.1)(x, y, np.random.default_rng(seed))
+        logits = (torch.randn(32, 10, generator=g) * 3).requires_grad_()
+        ours = F.cross_entropy(logits, target, reduction="none")
+        by_hand = torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1)
+        assert torch.equal(ours, by_hand)
+        assert torch.equal(*(torch.autograd.grad(loss.mean(), logits)[0] for loss in (ours, by_hand)))
+
+
 class _Exploding(torch.nn.Module):
     """Wraps a CvT; from the 20th forward on, the logits are NaN."""
 
@@ -176,8 +184,10 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     recipe = tiny_recipe(tmp_path)
     cfg = cvt.train.load_config(recipe)
     model = _Exploding(cvt.create_model(cfg.resolve_model_config(10)))
+    before = _process_state()
     with pytest.raises(TrainingDiverged) as e:
         fit(recipe, model=model, echo=lambda s: None)
+    assert _process_state() == before  # also when a run fails
     msg = str(e.value)
     assert "the loss became nan at epoch 3, step 3" in msg and "last good checkpoint" in msg and "last.pt" in msg
     assert load_checkpoint(tmp_path / "last.pt")["state"]["epoch"] == 2
@@ -198,9 +208,17 @@ def test_folder_data_with_corrupt_images_trains_and_counts_them(tmp_path):
     _image_folder(tmp_path / "data")
     (tmp_path / "data" / "train" / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "data" / "val" / "blue" / "empty.jpg").write_bytes(b"")
-    recipe = tiny_recipe(tmp_path / "run", data={"kind": "folder", "root": str(tmp_path / "data"), "batch_size": 8,
-                                                 "max_train_samples": None, "max_val_samples": None},
-                         optim={"lr_batch": 8})  # fmt: skip
+    recipe = tiny_recipe(
+        tmp_path / "run",
+        data={
+            "kind": "folder",
+            "root": str(tmp_path / "data"),
+            "batch_size": 8,
+            "max_train_samples": None,
+            "max_val_samples": None,
+        },
+        optim={"lr_batch": 8},
+    )
     lines: list[str] = []
     res = fit(recipe, echo=lines.append)
     assert res.skipped_images >= 1 and any("unreadable" in x and "broken.png" in x for x in lines)
@@ -214,10 +232,18 @@ def test_list_data_and_cli(tmp_path, capsys):
             f"{p.relative_to(tmp_path)},{p.parent.name}" for p in sorted((tmp_path / "data" / split).rglob("*.png"))
         ]
         (tmp_path / f"{split}.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
-    recipe = tiny_recipe(tmp_path / "run", data={"kind": "list", "train": str(tmp_path / "train.csv"),
-                                                 "val": str(tmp_path / "val.csv"), "batch_size": 8,
-                                                 "max_train_samples": None, "max_val_samples": None},
-                         schedule={"epochs": 2})  # fmt: skip
+    recipe = tiny_recipe(
+        tmp_path / "run",
+        data={
+            "kind": "list",
+            "train": str(tmp_path / "train.csv"),
+            "val": str(tmp_path / "val.csv"),
+            "batch_size": 8,
+            "max_train_samples": None,
+            "max_val_samples": None,
+        },
+        schedule={"epochs": 2},
+    )
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["train", "--config", str(tmp_path / "r.yaml"), "--set", "optim.lr_batch=8"]) == 0
     out = capsys.readouterr().out

@@ -9,7 +9,7 @@ import yaml
 
 from cvt.cli import main
 from cvt.data.datasets import DataError, build_sources
-from cvt.train import TrainConfig, TrainConfigError, load_config
+from cvt.train import TrainConfig, TrainConfigError, dry_run, load_config
 from cvt.train.config import apply_override, validate
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -53,8 +53,16 @@ def test_lr_scales_linearly_with_the_global_batch():
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["optim.lr=1e-3", "augment.scale=[0.5, 1.0]", "run.ema=0.99", "run.ema=null",
-                             "schedule.epochs=3", "schedule.warmup_epochs=1", "data.max_train_samples=10"])  # fmt: skip
+    overrides = [
+        "optim.lr=1e-3",
+        "augment.scale=[0.5, 1.0]",
+        "run.ema=0.99",
+        "run.ema=null",
+        "schedule.epochs=3",
+        "schedule.warmup_epochs=1",
+        "data.max_train_samples=10",
+    ]
+    cfg = load_config(None, overrides)
     assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)  # YAML 1.1 reads 1e-3 as a string
     assert cfg.augment.scale == (0.5, 1.0) and cfg.run.ema is None and cfg.schedule.epochs == 3
 
@@ -72,6 +80,12 @@ def test_overrides_are_typed():
         ("optim.name=lamb", "optim.name: 'lamb' is not one of adamw, sgd"),
         ("model.name=cvt-99", "model.name: unknown model 'cvt-99' (valid: cvt-13"),
         ("augment.randaugment=rand-x9", "augment.randaugment: 'rand-x9' is not a RandAugment spec"),
+        ("augment.randaugment=rand-m9-inc0", "augment.randaugment: 'rand-m9-inc0': inc0 is not supported"),
+        ("augment.hflip=1.5", "augment.hflip: must be in [0, 1], got 1.5"),
+        ("augment.scale=[0.9, 0.5]", "augment.scale: must be [min, max] with min <= max, got [0.9, 0.5]"),
+        ("optim.betas=[0.9, 1.0]", "optim.betas: must be in [0, 1), got (0.9, 1.0)"),
+        ("run.threads=0", "run.threads: must be >= 1 or null, got 0"),
+        ("optim.lr=.inf", "optim.lr: expected a finite number, got inf"),
         ("optim.accum_steps=3", "optim.accum_steps: 3 does not divide data.batch_size 64"),
         ("schedule.warmup_epochs=50", "schedule.warmup_epochs: must be in [0, epochs=40)"),
         ("data.kind=folder", "data.root: required with data.kind: folder"),
@@ -143,6 +157,30 @@ def test_dry_run_prints_the_resolved_recipe(capsys):
     resolved = yaml.safe_load(out)
     assert resolved["schedule"]["epochs"] == 5 and resolved["run"]["out"] == "runs/digits"
     assert "# ok: cvt-digits, 1437 training / 360 validation images, 10 classes" in out
+
+
+def test_a_run_shorter_than_the_default_warmup_warms_up_for_half_of_it():
+    notes: list[str] = []
+    cfg = load_config(None, ["schedule.epochs=2"], echo=notes.append)
+    assert cfg.schedule.warmup_epochs == 1.0 and len(notes) == 1 and "schedule.warmup_epochs: 1" in notes[0]
+    assert load_config(None, ["schedule.epochs=3"]).schedule.warmup_epochs == 2.0  # long enough: the default
+    with pytest.raises(TrainConfigError, match=r"schedule.warmup_epochs: must be in \[0, epochs=2\)"):
+        load_config(None, ["schedule.epochs=2", "schedule.warmup_epochs=2"])  # asked for: not changed
+
+
+def test_dry_run_is_setup_without_a_model(tmp_path):
+    text = dry_run(overrides=["schedule.epochs=2"], out=tmp_path / "run")
+    lines = text.splitlines()
+    assert lines[-1] == "# ok: cvt-digits, 1437 training / 360 validation images, 10 classes"
+    assert lines[-2].startswith("# note: schedule.warmup_epochs: 1 (half the run)")
+    resolved = yaml.safe_load(text)
+    assert resolved["schedule"]["warmup_epochs"] == 1.0 and resolved["run"]["out"] == str(tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing written
+    # what stops a real start stops the dry run: here, a global batch larger than the (limited) training set
+    with pytest.raises(TrainConfigError, match=r"data\.batch_size: 64 is larger than the training set"):
+        dry_run(overrides=["data.max_train_samples=10"])
+    with pytest.raises(TrainConfigError, match=r"model.weights: .*nope.safetensors: no such file"):
+        dry_run(overrides=[f"model.weights={tmp_path / 'nope.safetensors'}"])
 
 
 def test_apply_override_refuses_to_descend_into_a_value():

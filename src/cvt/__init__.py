@@ -36,7 +36,7 @@ _TORCH_NAMES = {
     "CvT": "cvt.model",
     "count_parameters": "cvt.model",
     "create_model": "cvt.factory",
-    "fuse": "cvt.fuse",
+    "fuse": "cvt.fusion",
     "Prediction": "cvt.predict",
     "Predictor": "cvt.predict",
 }

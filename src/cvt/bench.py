@@ -6,6 +6,8 @@ measured at the start of the run, and each side's peak memory, measured in a fre
 (``VmHWM`` after resetting it with ``/proc/self/clear_refs``), so the two do not share a high-water mark.
 
 Cases are strings ``infer-<res>-b<batch>`` or ``train-<res>-b<batch>`` (forward, backward, AdamW step).
+"ours" is what the library runs for each: the fused model (:func:`cvt.fuse`) for inference, the
+reference model for training.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+
+from .fusion import fuse
+from .model import CvT
 
 DEFAULT_CASES = ("infer-224-b1", "infer-224-b32", "infer-384-b8", "train-224-b32")
 
@@ -145,12 +150,21 @@ class _OnnxModel(nn.Module):
         return torch.from_numpy(self.session.run(["logits"], {"pixel_values": x.numpy()})[0])
 
 
-def make_step(model: nn.Module, case: Case, device: str = "cpu", amp: str | None = None) -> Callable[[], None]:
+def make_step(
+    model: nn.Module, case: Case, device: str = "cpu", amp: str | None = None, compiled: bool = False
+) -> Callable[[], None]:
     """A zero-argument callable running one iteration of ``case`` on ``model`` (synchronised on CUDA).
 
+    Inference runs a fused copy of a :class:`~cvt.model.CvT` (:func:`cvt.fuse`), training the model itself.
     ``amp``: ``None`` (fp32), ``"fp16"`` (autocast + GradScaler in training) or ``"bf16"`` (autocast).
+    ``compiled``: run it through ``torch.compile`` (one static graph per input shape).
     """
+    if case.kind == "infer" and isinstance(model, CvT):
+        model = fuse(model)
     model.to(device)
+    if compiled:
+        # dynamic=False: one static graph per input shape (the dynamic-shape lowering of torch 2.13 fails here)
+        model = torch.compile(model, dynamic=False)
     x = torch.randn(case.batch, 3, case.res, case.res, device=device)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp or "")
     autocast = (lambda: torch.autocast(device, dtype=dtype)) if dtype else contextlib.nullcontext
@@ -249,8 +263,7 @@ def run_benchmark(
     say(f"matmul peak {peak:.0f} GFLOP/s on {torch.get_num_threads()} threads")
     models = build_pair(model_name, with_peer)
     if compile_ours:
-        # dynamic=False: one static graph per input shape (the dynamic-shape lowering of torch 2.13 fails here)
-        models["ours-compiled"] = torch.compile(build_pair(model_name, with_peer=False)["ours"], dynamic=False)
+        models["ours-compiled"] = build_pair(model_name, with_peer=False)["ours"]
     config = models["ours"].config  # type: ignore[attr-defined]
     if onnx:
         models["onnxruntime"] = _OnnxModel(models["ours"])
@@ -258,7 +271,7 @@ def run_benchmark(
         case = Case.parse(text)
         flop = 2 * count_macs(config, case.res) * case.batch * (3 if case.kind == "train" else 1)
         steps = {
-            impl: make_step(m, case, device, amp)
+            impl: make_step(m, case, device, amp, compiled=impl == "ours-compiled")
             for impl, m in models.items()
             if case.kind == "infer" or impl != "onnxruntime"
         }

@@ -1,8 +1,9 @@
-"""The ``cvt`` command: a thin argparse front end over the library.
+"""The ``cvt`` command: one typed function per verb, its options generated from its signature.
 
-Each verb lives in ``cvt/commands/<verb>.py`` with ``register(subparsers)`` that adds its parser and sets
-``func(args) -> int``. Exit status: 0 success, 1 some inputs failed, 2 usage error. User errors print one
-line (``cvt <verb>: error: ...``) and no traceback; ``--debug`` shows tracebacks.
+Each verb is a function ``run_<verb>(...) -> int`` in ``cvt/commands/<module>.py`` whose parameters are the
+verb's options (see :mod:`cvt.commands._signature`). Only the verb being run is imported, so ``cvt list`` and
+``cvt --help`` need no torch. Exit status: 0 success, 1 some inputs failed, 2 usage error. Errors print one line
+(``cvt <verb>: error: ...``) and no traceback; ``--debug`` shows tracebacks.
 """
 
 from __future__ import annotations
@@ -11,23 +12,36 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
+from .commands._signature import add_function_arguments, call
 from .core.errors import CvtError
+from .core.files import reason
 
-# Order = order in --help. Each module registers one or more verbs.
-COMMAND_MODULES = [
-    "cvt.commands.models",
-    "cvt.commands.convert",
-    "cvt.commands.predict",
-    "cvt.commands.train",
-    "cvt.commands.eval",
-    "cvt.commands.export",
-    "cvt.commands.bench",
-]
+# verb -> (function, one-line help); the order of --help.
+VERBS = {
+    "list": ("models:run_list", "list architectures and released checkpoints"),
+    "info": ("models:run_info", "parameters, MACs (attention included) and feature shapes of a model"),
+    "convert": (
+        "convert:run_convert",
+        "convert weights between layouts (official .pth, HF directory, cvt-torch .safetensors)",
+    ),
+    "predict": ("predict:run_predict", "classify images (top-k ImageNet or custom labels)"),
+    "train": (
+        "train:run_train",
+        "train or fine-tune a CvT from a recipe (default: a small CvT on scikit-learn's digits)",
+    ),
+    "eval": (
+        "eval:run_eval",
+        "accuracy of a model on a labelled image folder, list file or the digits held-out split",
+    ),
+    "export": ("export:run_export", "export to ONNX, TorchScript or a torch.export program (verified against eager)"),
+    "bench": ("bench:run_bench", "speed and memory against HF transformers' CvT (same weights, interleaved runs)"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verbs: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``verbs``, only those verbs get their options (the others are only listed)."""
     from . import __version__
 
     parser = argparse.ArgumentParser(
@@ -36,28 +50,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cvt-torch {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in COMMAND_MODULES:
-        importlib.import_module(mod).register(sub)
+    for verb, (target, summary) in VERBS.items():
+        verb_parser = sub.add_parser(verb, help=summary)
+        if verbs is None or verb in verbs:
+            module, function = target.split(":")
+            add_function_arguments(verb_parser, getattr(importlib.import_module(f"cvt.commands.{module}"), function))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # NOTE the root options take no values, so the first word that is not an option names the verb
+    verb = next((a for a in argv if not a.startswith("-")), "")
+    try:
+        parser = build_parser(verbs=[verb])
+    except ImportError as e:  # a verb of the torch extra on a core-only install
+        print(
+            f"cvt {verb}: error: needs {e.name}, which is not installed: pip install 'cvt-models[torch]'",
+            file=sys.stderr,
+        )
+        return 1
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
+    if args.command is None:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
     try:
-        return int(args.func(args) or 0)
+        return int(call(args) or 0)
     except KeyboardInterrupt:
         print(f"cvt {args.command}: interrupted", file=sys.stderr)
         return 130
-    except CvtError as e:
+    except (CvtError, OSError) as e:
         if args.debug:
             raise
-        print(f"cvt {args.command}: error: {e}", file=sys.stderr)
-        return e.exit_code
+        print(f"cvt {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return e.exit_code if isinstance(e, CvtError) else 1
+
+
+def _one_line(e: Exception) -> str:
+    if isinstance(e, OSError):  # the environment (a path, the disk) rather than a bug: one line as well
+        return f"{e.filename}: {reason(e)}" if e.filename else reason(e)
+    return str(e)
 
 
 if __name__ == "__main__":  # pragma: no cover

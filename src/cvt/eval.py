@@ -1,23 +1,19 @@
 """Evaluation: top-1, top-5, loss, per-class accuracy and the confusion matrix of a classifier.
 
 :func:`evaluate` runs a model over a loader of ``(images (B, 3, H, W), labels (B,), skipped)`` batches
-(what :func:`cvt.data.datasets.collate` makes); under ``torchrun`` each process evaluates its shard and the
-sums are all-reduced, so every process returns the whole data set's numbers.
+(what :func:`cvt.data.datasets.collate` makes). Under ``torchrun`` each process evaluates its shard and passes
+``all_reduce`` (sum a tensor over the processes, in place), so every process returns the whole data set's numbers.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
-import torch.distributed
 import torch.nn.functional as F
 from torch import nn
-
-if TYPE_CHECKING:
-    from .train.distributed import DistInfo
 
 
 @torch.no_grad()
@@ -29,7 +25,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
-    dist: DistInfo | None = None,
+    all_reduce: Callable[[torch.Tensor], Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` (in eval mode) over ``loader``.
 
@@ -65,9 +61,9 @@ def evaluate(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - t0
-    if dist is not None and dist.enabled:  # every process returns the whole data set's numbers
-        torch.distributed.all_reduce(sums)
-        torch.distributed.all_reduce(confusion)
+    if all_reduce is not None:  # every process returns the whole data set's numbers
+        all_reduce(sums)
+        all_reduce(confusion)
     model.train(was_training)
     n = int(sums[2])
     cm = confusion.round().long().cpu()

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .core.config import conv_out
+from .core.errors import UsageError
+from .fusion import ClsOnlyStage
 from .model import CvT
 
 MIN_PANEL = 224  # display size of each image panel, at least
@@ -28,23 +29,17 @@ _STOPS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252,
 
 def kv_grid(model: CvT, height: int, width: int) -> tuple[int, int]:
     """``(H_kv, W_kv)`` of the last stage's key map for a ``height x width`` input."""
-    cfg = model.config
-    s = cfg.stages[-1]
-    _, h, w = cfg.feature_shapes(height, width)[-1]
-    if s.qkv_proj_method == "linear":
-        return h, w
-    ceil = s.qkv_proj_method == "avg"
-    return (
-        conv_out(h, s.kernel_qkv, s.stride_kv, s.padding_kv, ceil),
-        conv_out(w, s.kernel_qkv, s.stride_kv, s.padding_kv, ceil),
-    )
+    _, h, w = model.config.feature_shapes(height, width)[-1]
+    return model.config.stages[-1].kv_shape(h, w)
 
 
 @torch.no_grad()
 def cls_attention(model: CvT, x: torch.Tensor) -> torch.Tensor:
     """``(B, 3, H, W)`` input -> ``(B, H_kv, W_kv)`` cls-token attention of the last block (sums to 1)."""
     if not model.has_cls_token:
-        raise ValueError("attention maps need a cls token in the last stage (every released CvT has one)")
+        raise UsageError("attention maps need a cls token in the last stage (every released CvT has one)")
+    if isinstance(model.stages[-1], ClsOnlyStage):
+        raise UsageError("attention maps need every token: use the unfused model or fuse(model, cls_only=False)")
     attn = model.forward_attention(x)[-1][-1]  # (B, heads, 1 + N_q, 1 + N_kv), cls first
     cls = attn[:, :, 0, 1:].float().mean(dim=1)  # (B, N_kv)
     cls = cls / cls.sum(dim=-1, keepdim=True).clamp_min(1e-12)

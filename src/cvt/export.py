@@ -1,5 +1,8 @@
 """Export a CvT to ONNX, TorchScript or a ``torch.export`` ExportedProgram, each verified against eager.
 
+What is exported is the fused model (:func:`cvt.fuse`: folded BatchNorm, SiLU MLPs, cls-only last
+block); what it is verified against is the unfused reference model in eager PyTorch.
+
 Every exporter gets a dynamic batch dimension; ONNX and the ExportedProgram also get dynamic height and width
 (CvT has no positional embedding). The PT2 exporters specialise maps of size 1, so a dynamic-size export
 is valid for inputs whose every map, key/value maps included, is at least 2x2 (>= 64x64 for the released
@@ -19,6 +22,8 @@ from torch import nn
 
 from .core.errors import CvtError, first_line
 from .core.files import atomic_write
+from .fusion import fuse
+from .model import CvT
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
@@ -64,16 +69,17 @@ def export_model(
     check_shapes: Sequence[tuple[int, int, int, int]] | None = None,
     opset: int = 18,
 ) -> ExportResult:
-    """Export ``model`` (eval mode) to ``path`` and verify it.
+    """Export ``model`` (eval mode; a :class:`~cvt.model.CvT` is fused first) to ``path`` and verify it.
 
     Args:
-        model: a :class:`~cvt.model.CvT` (or any image model with ``forward(x) -> logits``).
+        model: a :class:`~cvt.model.CvT` (or any image model with ``forward(x) -> logits``); left unchanged
+            but for being put in eval mode.
         path: output file (written atomically).
         fmt: ``"onnx"``, ``"torchscript"`` or ``"exported-program"``.
         img_size: example resolution (default: ``model.config.img_size``).
         dynamic_hw: make height and width dynamic too (ONNX, ExportedProgram; TorchScript traces are
             shape-generic for this model anyway, and are checked on the same shapes).
-        atol: largest accepted absolute difference to eager on the check shapes.
+        atol: largest accepted absolute difference to the eager (unfused) model on the check shapes.
         check_shapes: input shapes to verify on (default: batch 1 and 3, and a non-square size).
 
     Raises:
@@ -85,7 +91,8 @@ def export_model(
     if fmt == "exported-program" and path.suffix != ".pt2":
         raise ExportError(f"{path}: an ExportedProgram file must end in .pt2")
     size = img_size or getattr(getattr(model, "config", None), "img_size", 224)
-    wrapped = _Logits(model).eval()
+    reference = _Logits(model).eval()
+    wrapped = _Logits(fuse(model) if isinstance(model, CvT) and not model.fused else model).eval()
     # batch 2 example: exporting with batch 1 lets the exporter specialise the batch dimension to 1
     example = torch.randn(2, 3, size, size)
     shapes = list(check_shapes or default_check_shapes(size, dynamic_hw))
@@ -112,7 +119,7 @@ def export_model(
     for shape in shapes:
         x = torch.randn(shape)
         with torch.no_grad():
-            ref = wrapped(x)
+            ref = reference(x)
             got = runner(x)
         diff = (torch.as_tensor(got) - ref).abs().max().item()
         worst = max(worst, diff)
@@ -136,7 +143,7 @@ def _export_onnx(wrapped: nn.Module, example: torch.Tensor, path: Path, dynamic_
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError:
-        raise ExportError("ONNX export needs the export extra: pip install 'cvt-torch[export]'") from None
+        raise ExportError("ONNX export needs the export extra: pip install 'cvt-models[export]'") from None
     with torch.no_grad():
         program = torch.onnx.export(
             wrapped,
@@ -155,7 +162,7 @@ def _onnx_runner(path: Path):
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ExportError("verifying ONNX needs onnxruntime: pip install 'cvt-torch[export]'") from None
+        raise ExportError("verifying ONNX needs onnxruntime: pip install 'cvt-models[export]'") from None
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -2,7 +2,12 @@
 
 Paper: https://arxiv.org/abs/2103.15808 . Official code and weights: https://github.com/microsoft/CvT (MIT).
 This is an independent implementation, numerically equal to the official model (QuickGELU, full-width
-attention scale, LayerNorm eps 1e-5, per-stage drop-path ramp), with a timm-style model API.
+attention scale, LayerNorm eps 1e-5, per-stage drop-path ramp), with timm's model contract:
+``forward(x)`` is exactly ``forward_head(forward_features(x))``; ``forward_intermediates`` and
+``prune_intermediate_layers`` serve backbones (``create_model(..., features_only=True)``: :mod:`cvt.factory`).
+
+This is the one reference path: training, evaluation and attention maps all run it. For inference,
+:meth:`CvT.fuse` returns an equivalent rewritten model (:mod:`cvt.fusion`); nothing here caches anything.
 
 State-dict names are the official ones with ``stage{i}`` spelled ``stages.{i}``.
 """
@@ -10,7 +15,8 @@ State-dict names are the official ones with ``stage{i}`` spelled ``stages.{i}``.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,9 +25,12 @@ from torch.utils.checkpoint import checkpoint
 if TYPE_CHECKING:
     from .weights.io import LoadReport
 
-from .core.config import CvTConfig, StageConfig
+from .core.config import CvTConfig, StageConfig, feature_indices
+from .core.errors import UsageError
+from .core.presets import default_spec
 from .core.spec import PretrainedSpec
-from .layers import Block, ConvEmbed, LayerNorm, tokens_to_map
+from .fusion import fuse as fuse_model
+from .layers import Block, ConvEmbed, LayerNorm, to_tokens, tokens_to_map
 
 __all__ = ["CvT", "CvTStage", "count_parameters"]
 
@@ -29,7 +38,7 @@ __all__ = ["CvT", "CvTStage", "count_parameters"]
 class CvTStage(nn.Module):
     """Convolutional token embedding + ``depth`` blocks (+ optional cls token).
 
-    ``(B, C_in, H_in, W_in) -> (B, C, H, W)`` map and the ``(B, 1, C)`` cls token (or ``None``).
+    ``(B, C_in, H_in, W_in)`` -> tokens ``(B, N, C)`` (cls first, if any) and their map ``(B, C, H, W)``.
     """
 
     def __init__(self, cfg: StageConfig, in_chans: int, activation: str, eps: float):
@@ -48,7 +57,8 @@ class CvTStage(nn.Module):
                 eps=eps,
                 qkv_bias=cfg.qkv_bias,
                 attn_drop=cfg.attn_drop_rate,
-                method=cfg.qkv_proj_method,
+                q_method=cfg.q_method,
+                kv_method=cfg.qkv_proj_method,
                 kernel_size=cfg.kernel_qkv,
                 stride_q=cfg.stride_q,
                 stride_kv=cfg.stride_kv,
@@ -60,39 +70,27 @@ class CvTStage(nn.Module):
         )
         self.grad_checkpointing = False
 
-    def forward(
-        self, x: torch.Tensor, attn_maps: list[torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """``(B, C_in, H_in, W_in)`` -> the tokens entering the blocks ``(B, N, C)`` and the map's ``H, W``."""
         x = self.patch_embed(x)  # (B, C, H, W)
         b, _, h, w = x.shape
-        x = x.flatten(2).transpose(1, 2)  # (B, HW, C)
+        x = to_tokens(x)  # (B, HW, C)
         if self.cls_token is not None:
             x = torch.cat((self.cls_token.expand(b, -1, -1).to(x.dtype), x), dim=1)  # (B, 1+HW, C)
-        x = self.pos_drop(x)
+        return self.pos_drop(x), h, w
+
+    def to_map(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Tokens ``(B, N, C)`` -> their spatial part as a ``(B, C, H, W)`` channels-last view (no cls token)."""
+        return tokens_to_map(x[:, 1:] if self.cls_token is not None else x, h, w)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, h, w = self.embed(x)
         for blk in self.blocks:
-            if attn_maps is not None:
-                x, attn = blk(x, h, w, return_attn=True)
-                attn_maps.append(attn)
-            elif self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(blk, x, h, w, use_reentrant=False)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, h, w, use_reentrant=False)  # recompute in backward: less memory
             else:
                 x = blk(x, h, w)
-        cls = None
-        if self.cls_token is not None:
-            cls, x = x[:, :1], x[:, 1:]
-        return tokens_to_map(x, h, w), cls  # (B, HW, C) -> (B, C, H, W), channels-last
-
-    def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
-        """Only the cls token after the stage, ``(B, 1, C)``: the last block computes the cls row alone."""
-        if self.cls_token is None:
-            raise ValueError("forward_cls needs a stage with a cls token")
-        x = self.patch_embed(x)
-        b, _, h, w = x.shape
-        x = torch.cat((self.cls_token.expand(b, -1, -1).to(x.dtype), x.flatten(2).transpose(1, 2)), dim=1)
-        x = self.pos_drop(x)
-        for blk in self.blocks[:-1]:
-            x = blk(x, h, w)
-        return self.blocks[-1].forward_cls(x, h, w)
+        return x, self.to_map(x, h, w)
 
 
 class CvT(nn.Module):
@@ -105,25 +103,42 @@ class CvT(nn.Module):
     def __init__(self, config: CvTConfig):
         super().__init__()
         self.config = config
-        self.pretrained_cfg: PretrainedSpec | None = None  # preprocessing, labels, licence (set by create_model)
+        self.pretrained_cfg: PretrainedSpec = default_spec(config)  # preprocessing, labels (create_model: the file's)
         self.load_report: LoadReport | None = None  # what loading weights found (set by create_model)
-        self.num_classes = config.num_classes
-        self.num_features = config.num_features
-        eps = config.layer_norm_eps
+        self.fused = False  # True after cvt.fuse: an inference-only rewrite that refuses .train()
         stages, in_chans = [], config.in_chans
         for s in config.stages:
-            stages.append(CvTStage(s, in_chans, config.activation, eps))
+            stages.append(CvTStage(s, in_chans, config.activation, config.layer_norm_eps))
             in_chans = s.embed_dim
         self.stages = nn.ModuleList(stages)
-        self.has_cls_token = config.stages[-1].cls_token
-        self.norm = LayerNorm(self.num_features, eps=eps)
-        self.head = nn.Linear(self.num_features, config.num_classes) if config.num_classes > 0 else nn.Identity()
-        # timm's contract: what each stage's map is, for backbones / features_only users
-        self.feature_info = [
-            {"num_chs": s.embed_dim, "reduction": r, "module": f"stages.{i}"}
-            for i, (s, r) in enumerate(zip(config.stages, config.reductions))
-        ]
+        self.norm = LayerNorm(config.num_features, eps=config.layer_norm_eps)
+        self.head = nn.Linear(config.num_features, config.num_classes) if config.num_classes > 0 else nn.Identity()
         self.init_weights()
+
+    # ------------------------------------------------------------------ derived from the config (never copies)
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def num_features(self) -> int:
+        """Width of the last stage's tokens (what ``forward_features`` returns per token)."""
+        return self.config.num_features
+
+    @property
+    def head_hidden_size(self) -> int:
+        """Width of the pooled features that enter the classifier (no pre-logits layer: ``num_features``)."""
+        return self.config.num_features
+
+    @property
+    def has_cls_token(self) -> bool:
+        return self.config.stages[-1].cls_token
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """timm's description of each stage's map: ``num_chs``, ``reduction`` (stride), ``module``."""
+        pairs = zip(self.config.stages, self.config.reductions)
+        return [{"num_chs": s.embed_dim, "reduction": r, "module": f"stages.{i}"} for i, (s, r) in enumerate(pairs)]
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
@@ -148,10 +163,131 @@ class CvT(nn.Module):
         if isinstance(self.head, nn.Linear):
             nn.init.trunc_normal_(self.head.weight, std=0.02)
 
-    # ------------------------------------------------------------------ timm-style API
+    # ------------------------------------------------------------------ forward
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
+            raise UsageError(f"expected input of shape (B, {self.config.in_chans}, H, W), got {tuple(x.shape)}")
+        if not torch.compiler.is_compiling():  # symbolic shapes under export: leave the checks to the ops
+            try:
+                self.config.feature_shapes(x.shape[-2], x.shape[-1])  # a clear error for too-small inputs
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W)`` -> last-stage tokens ``(B, N, C)``: the cls token first when there is one."""
+        self._check_input(x)
+        for stage in self.stages:
+            tokens, x = stage(x)  # (B, N_i, C_i) and its (B, C_i, H_i, W_i) map, the next stage's input
+        return tokens
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``(B, N, C)`` tokens -> logits ``(B, num_classes)`` (or pooled ``(B, C)`` with ``pre_logits``).
+
+        With a cls token: LayerNorm on it. Without: LayerNorm on every token, then the mean (official order).
+        """
+        x = self.norm(x[:, 0]) if self.has_cls_token else self.norm(x).mean(dim=1)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's backbone API: per-stage ``(B, C_i, H_i, W_i)`` maps (strides 4/8/16 for the released models).
+
+        Args:
+            x: ``(B, in_chans, H, W)`` images.
+            indices: the stages to return (:func:`feature_indices`: ``None`` all, an int ``n`` the last ``n``,
+                a sequence those; out of range raises). Maps come in stage order.
+            norm: apply the final LayerNorm (over channels) to the last stage's map, when it is returned.
+            stop_early: do not run the stages after the last requested one.
+            output_fmt: ``"NCHW"`` (the only layout).
+            intermediates_only: return the maps alone (the later stages are not run).
+
+        Returns:
+            ``(final, maps)``: ``final`` is the last run stage's tokens (``forward_features(x)`` unless
+            stopped early; its ``[:, 0]`` is the cls token when the stage has one), or ``maps`` alone.
+        """
+        if output_fmt != "NCHW":
+            raise UsageError(f"output_fmt: {output_fmt!r} is not supported (use 'NCHW')")
+        take = feature_indices(len(self.stages), indices)
+        self._check_input(x)
+        last = len(self.stages) - 1
+        stages = self.stages[: take[-1] + 1] if stop_early or intermediates_only else self.stages
+        maps = []
+        for i, stage in enumerate(stages):
+            tokens, x = stage(x)
+            if i in take:
+                maps.append(self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) if norm and i == last else x)
+        return maps if intermediates_only else (tokens, maps)
+
+    @torch.no_grad()
+    def forward_attention(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Attention weights of every block: ``maps[stage][block]`` of shape ``(B, heads, N_q, N_kv)``.
+
+        Queries index the stage's ``H*W`` map (row-major) with the cls token first when the stage has one;
+        keys index the ``stride_kv``-subsampled map (cls first likewise). Needs the reference model (or
+        ``fuse(cls_only=False)``).
+        """
+        self._check_input(x)
+        maps: list[list[torch.Tensor]] = []
+        for stage in self.stages:
+            tokens, h, w = stage.embed(x)
+            weights = []
+            for blk in stage.blocks:
+                weights.append(blk.attn.attention_weights(blk.norm1(tokens), h, w))
+                tokens = blk(tokens, h, w)
+            maps.append(weights)
+            x = stage.to_map(tokens, h, w)
+        return maps
+
+    # ------------------------------------------------------------------ timm's model API
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Remove what ``forward_intermediates(indices=...)`` does not need; return the kept stage indices.
+
+        Stages after the last requested one go (the config follows: ``num_features`` becomes the last kept
+        stage's width); ``prune_head`` removes the classifier, ``prune_norm`` the final LayerNorm. The final
+        norm and head belong to the last stage, so removing stages needs ``prune_head`` and removes the norm.
+        """
+        take = feature_indices(len(self.stages), indices)
+        keep = take[-1] + 1
+        if keep < len(self.stages):
+            if not prune_head:
+                raise UsageError(f"indices: {indices!r} removes stages that feed the head; use prune_head=True")
+            self.stages = self.stages[:keep]
+            self.config = self.config.replace(stages=self.config.stages[:keep])
+            prune_norm = True
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
     def no_weight_decay(self) -> set[str]:
         """Parameter names that optimizers should not decay (the cls token; norms and biases by rule)."""
         return {f"stages.{i}.cls_token" for i, s in enumerate(self.stages) if s.cls_token is not None}
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups by depth for layer-wise LR decay, in timm's regex format (first match wins).
+
+        ``stem``: the first embedding; ``blocks``: per stage (``coarse``) or per block, each stage's embedding
+        and cls token with its first block and the final norm with the last block. The head matches nothing:
+        timm puts it last.
+        """
+        last = (r"^norm", (99999,))  # timm's MATCH_PREV_GROUP
+        if coarse:
+            return {"stem": r"^stages\.0\.patch_embed", "blocks": [(r"^stages\.(\d+)", None), last]}
+        blocks = [(r"^stages\.(\d+)\.(?:patch_embed|cls_token)", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), last]
+        return {"stem": r"^stages\.0\.patch_embed", "blocks": blocks}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in backward: less memory in training, same results."""
@@ -163,9 +299,8 @@ class CvT(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head with a freshly initialised one (``0`` -> identity: pooled features out)."""
-        self.num_classes = num_classes
         self.config = self.config.replace(num_classes=num_classes)
-        ref = self.norm.weight
+        ref = next(self.parameters())
         if num_classes > 0:
             self.head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
             nn.init.trunc_normal_(self.head.weight, std=0.02)
@@ -174,88 +309,17 @@ class CvT(nn.Module):
         else:
             self.head = nn.Identity()
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
-            raise ValueError(f"expected input of shape (B, {self.config.in_chans}, H, W), got {tuple(x.shape)}")
-        if not torch.compiler.is_compiling():  # symbolic shapes under export: leave the checks to the ops
-            self.config.feature_shapes(x.shape[-2], x.shape[-1])  # clear error for too-small inputs
+    def fuse(self, cls_only: bool = True, inplace: bool = False) -> CvT:
+        """An equivalent inference-only model with rewritten modules: :func:`cvt.fuse`."""
+        return fuse_model(self, cls_only=cls_only, inplace=inplace)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` -> last-stage tokens ``(B, N, C)``: the cls token first when there is one."""
-        self._check_input(x)
-        cls = None
-        for stage in self.stages:
-            x, cls = stage(x)
-        tokens = x.flatten(2).transpose(1, 2)  # (B, HW, C)
-        return torch.cat((cls, tokens), dim=1) if cls is not None else tokens
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """``(B, N, C)`` tokens -> logits ``(B, num_classes)`` (or pooled ``(B, C)`` with ``pre_logits``).
-
-        With a cls token: LayerNorm on it. Without: LayerNorm on every token, then the mean (official order).
-        """
-        x = self.norm(x[:, 0]) if self.has_cls_token else self.norm(x).mean(dim=1)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.has_cls_token and not self.training:
-            # Logits read the cls token only; the last block's other outputs would be thrown away, so
-            # compute its cls row alone (exact; about 7% of cvt-13's MACs saved). Training keeps the full
-            # path so that every parameter gets a gradient (DDP and optimizers expect one).
-            self._check_input(x)
-            for stage in self.stages[:-1]:
-                x, _ = stage(x)
-            return self.head(self.norm(self.stages[-1].forward_cls(x)[:, 0]))
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-        self, x: torch.Tensor, indices: int | list[int] | None = None, return_cls: bool = False
-    ) -> list[torch.Tensor] | tuple[list[torch.Tensor], torch.Tensor | None]:
-        """Per-stage NCHW feature maps (strides 4/8/16 for the released models): a dense-prediction backbone.
-
-        Args:
-            x: ``(B, 3, H, W)`` images.
-            indices: which stages to return (``None``: all; an int ``n``: the last ``n``; a list: those).
-                Stages after the last requested one are not run.
-            return_cls: also return the last run stage's ``(B, 1, C)`` cls token (``None`` if it has none).
-
-        Returns:
-            A list of ``(B, C_i, H_i, W_i)`` maps (and the cls token with ``return_cls``).
-        """
-        self._check_input(x)
-        n = len(self.stages)
-        if indices is None:
-            take = list(range(n))
-        elif isinstance(indices, int):
-            take = list(range(n - indices, n))
-        else:
-            take = [i % n for i in indices]
-        if not take or any(i < 0 or i >= n for i in take):
-            raise ValueError(f"indices: {indices!r} does not select stages of a {n}-stage model")
-        feats, cls = [], None
-        for i, stage in enumerate(self.stages[: max(take) + 1]):
-            x, cls = stage(x)
-            if i in take:
-                feats.append(x)
-        return (feats, cls) if return_cls else feats
-
-    @torch.no_grad()
-    def forward_attention(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
-        """Attention weights of every block: ``maps[stage][block]`` of shape ``(B, heads, N_q, N_kv)``.
-
-        Queries index the stage's ``H*W`` map (row-major) with the cls token first when the stage has one;
-        keys index the ``stride_kv``-subsampled map (cls first likewise). Uses the explicit softmax path.
-        """
-        self._check_input(x)
-        maps: list[list[torch.Tensor]] = []
-        for stage in self.stages:
-            stage_maps: list[torch.Tensor] = []
-            x, _ = stage(x, attn_maps=stage_maps)
-            maps.append(stage_maps)
-        return maps
+    def train(self, mode: bool = True) -> CvT:
+        if mode and self.fused:
+            raise UsageError("this model is fused for inference (cvt.fuse) and cannot train: train the unfused model")
+        return super().train(mode)
 
     def extra_repr(self) -> str:
-        return f"name={self.config.name!r}, activation={self.config.activation!r}"
+        return f"name={self.config.name!r}, activation={self.config.activation!r}" + (", fused" if self.fused else "")
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

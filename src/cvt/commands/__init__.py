@@ -1,23 +1,7 @@
-"""CLI verbs. Every library error is a :class:`~cvt.core.errors.CvtError` carrying its exit status."""
+"""The verbs of the ``cvt`` command: one typed function each, ``run_<verb>(...) -> exit status``.
 
-from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
-
-from ..core.errors import CvtError, UsageError
-
-UserError = CvtError  # a failure caused by the user's inputs (exit status 1): one line, no traceback
-
-__all__ = ["UsageError", "UserError", "user_errors"]
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn environment errors on user paths into :class:`UserError` (library errors pass through)."""
-    try:
-        yield
-    except FileNotFoundError as e:
-        raise UserError(f"{e.filename}: no such file or directory") from None
-    except OSError as e:
-        raise UserError(f"{getattr(e, 'filename', '') or ''}: {e.strerror or e}") from None
+A verb's parameters are its options (:mod:`cvt.commands._signature` turns the signature and the docstring into
+the argparse sub-command), so a verb holds only what the command line adds to the library call: expanding
+inputs, choosing defaults for a terminal, and formatting the output. Every library error is a
+:class:`~cvt.core.errors.CvtError` that :func:`cvt.cli.main` prints in one line; verbs do not catch them.
+"""

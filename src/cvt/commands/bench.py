@@ -2,81 +2,74 @@
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated, Literal
 
-from . import UsageError
+import torch
 
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from ..bench import DEFAULT_CASES
-
-    p = sub.add_parser(
-        "bench",
-        help="speed and memory against HF transformers' CvT (same weights, interleaved runs)",
-        description="Times each case for cvt-torch and transformers.CvtForImageClassification carrying the "
-        "same weights, interleaved in one process; prints medians, ratios (HF time / ours: > 1 means we are "
-        "faster), achieved GFLOP/s against a matmul peak measured first, and peak memory per side.",
-    )
-    p.add_argument("--model", default="cvt-13", help="architecture (default: cvt-13)")
-    p.add_argument(
-        "--cases",
-        nargs="+",
-        default=list(DEFAULT_CASES),
-        help=f"infer-<res>-b<batch> / train-<res>-b<batch> (default: {' '.join(DEFAULT_CASES)})",
-    )
-    p.add_argument("--repeats", type=int, default=5, help="timed iterations per case and side (median)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--no-peer", action="store_true", help="skip transformers (ours only)")
-    p.add_argument("--no-memory", action="store_true", help="skip the per-side peak-memory child processes")
-    p.add_argument("--compile", action="store_true", help="add a torch.compile'd column for ours")
-    p.add_argument("--onnx", action="store_true", help="add an onnxruntime column (inference cases)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
-    p.add_argument(
-        "--amp",
-        choices=("fp16", "bf16"),
-        default=None,
-        help="autocast precision (CUDA; bf16 is ~8x slower than fp32 on CPUs without AVX-512 bf16)",
-    )
-    p.add_argument("--json", type=Path, default=None, help="also write the full report as JSON")
-    p.set_defaults(func=run_bench)
+from ..bench import Case, format_table, run_benchmark
+from ..core.errors import UsageError
+from ..runtime import resolve_device
+from ._signature import Arg, default_of
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    import torch
+def run_bench(
+    *,
+    model_name: Annotated[str, Arg("--model")] = default_of(run_benchmark, "model_name"),
+    cases: Sequence[str] = default_of(run_benchmark, "cases"),
+    repeats: Annotated[int, Arg(minimum=1)] = default_of(run_benchmark, "repeats"),
+    threads: Annotated[int | None, Arg(minimum=1)] = None,
+    with_peer: Annotated[bool, Arg("--no-peer")] = default_of(run_benchmark, "with_peer"),
+    memory: bool = default_of(run_benchmark, "memory"),
+    compile_ours: Annotated[bool, Arg("--compile")] = default_of(run_benchmark, "compile_ours"),
+    onnx: bool = default_of(run_benchmark, "onnx"),
+    device: str = default_of(run_benchmark, "device"),
+    amp: Literal["fp16", "bf16"] | None = default_of(run_benchmark, "amp"),
+    json_path: Annotated[Path | None, Arg("--json")] = None,
+) -> int:
+    """Times each case for cvt-torch and transformers.CvtForImageClassification carrying the same weights,
+    interleaved in one process; prints medians, ratios (HF time / ours: > 1 means we are faster), achieved GFLOP/s
+    against a matmul peak measured first, and peak memory per side.
 
-    from ..bench import Case, format_table, run_benchmark
-
-    for c in args.cases:
+    Args:
+        model_name: architecture
+        cases: infer-<res>-b<batch> / train-<res>-b<batch>
+        repeats: timed iterations per case and side (median)
+        threads: torch threads (default: torch's choice)
+        with_peer: skip transformers (ours only)
+        memory: per-side peak-memory child processes
+        compile_ours: add a torch.compile'd column for ours
+        onnx: add an onnxruntime column (inference cases)
+        device: cpu or cuda[:i]
+        amp: autocast precision (CUDA; bf16 is ~8x slower than fp32 on CPUs without AVX-512 bf16)
+        json_path: also write the full report as JSON
+    """
+    for c in cases:  # NOTE before minutes of warm-up: run_benchmark parses each case only when it gets there
         try:
             Case.parse(c)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    if args.repeats < 1:
-        raise UsageError("--repeats must be >= 1")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device}: CUDA is not available here")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not args.no_peer:
-        try:
-            import transformers  # noqa: F401
-        except ImportError:
-            raise UsageError("the peer needs transformers (pip install transformers) or use --no-peer") from None
+    device = str(resolve_device(device))
+    if with_peer and importlib.util.find_spec("transformers") is None:
+        raise UsageError("the peer needs transformers (pip install transformers) or use --no-peer")
+    if threads:
+        torch.set_num_threads(threads)
     report = run_benchmark(
-        args.model,
-        args.cases,
-        args.repeats,
-        with_peer=not args.no_peer,
-        memory=not args.no_memory,
-        compile_ours=args.compile,
-        onnx=args.onnx,
-        device=args.device,
-        amp=args.amp,
+        model_name,
+        list(cases),
+        repeats,
+        with_peer=with_peer,
+        memory=memory,
+        compile_ours=compile_ours,
+        onnx=onnx,
+        device=device,
+        amp=amp,
         progress=lambda s: print(s, file=sys.stderr),
     )
     print(format_table(report))
-    if args.json:
-        args.json.write_text(report.to_json() + "\n")
+    if json_path:
+        json_path.write_text(report.to_json() + "\n")
     return 0

@@ -2,46 +2,69 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+from typing import Annotated
 
-from . import UsageError, UserError, user_errors
+from ..core.errors import UsageError
+from ..export import FORMATS, SUFFIX, export_model
+from ..factory import create_model
+from ._signature import Arg, default_of
 
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export",
-        help="export to ONNX, TorchScript or a torch.export program (verified against eager)",
-        description="Export a model with a dynamic batch dimension (and dynamic height/width for onnx and "
-        "exported-program), then load the file back and check it against eager PyTorch on several shapes.",
-    )
-    p.add_argument("output", help="output file (.onnx, .pt, .pt2; the suffix is added when missing)")
-    p.add_argument("--model", default="cvt-13", help="architecture or checkpoint name (default: cvt-13)")
-    p.add_argument("--weights", default=None, help="weight file or directory (default: random init)")
-    p.add_argument("--format", choices=("onnx", "torchscript", "exported-program"), default="onnx")
-    p.add_argument("--resolution", type=int, default=None, help="example input size (default: the model's)")
-    p.add_argument("--static-hw", action="store_true", help="fix height and width to --resolution")
-    p.add_argument("--atol", type=float, default=1e-4, help="largest accepted difference to eager (1e-4)")
-    p.add_argument("--force", action="store_true", help="overwrite the output if it exists")
-    p.set_defaults(func=run_export)
+KERAS_FORMATS = {"saved-model": "", "litert": ".tflite"}  # through cvt.keras on the TensorFlow backend
 
 
-def run_export(args: argparse.Namespace) -> int:
-    from ..export import SUFFIX, ExportError, export_model
-    from ..factory import create_model
+def run_export(
+    output: str,
+    *,
+    model: str = "cvt-13",
+    weights: str | None = None,
+    format: Annotated[str, Arg(choices=(*FORMATS, *KERAS_FORMATS))] = default_of(export_model, "fmt"),
+    resolution: int | None = None,
+    static_hw: bool = False,
+    atol: float = default_of(export_model, "atol"),
+    force: bool = False,
+) -> int:
+    """Export a model, fused for inference, with a dynamic batch dimension (and dynamic height/width for onnx and
+    exported-program), then load the file back and check it against eager PyTorch on several shapes.
 
-    out = Path(args.output)
-    if out.suffix != SUFFIX[args.format]:
-        out = out.with_name(out.name + SUFFIX[args.format])
-    if out.exists() and not args.force:
+    Args:
+        output: output file (.onnx, .pt, .pt2, .tflite; the suffix is added when missing) or SavedModel directory
+        model: architecture or checkpoint name
+        weights: weight file or directory (default: random init)
+        format: export format (saved-model and litert go through the Keras model on TensorFlow)
+        resolution: example input size (default: the model's)
+        static_hw: fix height and width to --resolution
+        atol: largest accepted difference to eager
+        force: overwrite the output if it exists
+    """
+    out = Path(output)
+    suffix = KERAS_FORMATS.get(format, SUFFIX.get(format, ""))
+    if out.suffix != suffix:
+        out = out.with_name(out.name + suffix)
+    if out.exists() and not force:
         raise UsageError(f"{out}: already exists (use --force to overwrite)")
-    with user_errors():
-        model = create_model(args.model, weights=args.weights).eval()
-    try:
-        res = export_model(model, out, args.format, args.resolution, not args.static_hw, args.atol)
-    except ExportError as e:
-        raise UserError(str(e)) from None
+    if format in KERAS_FORMATS:
+        return _export_keras(out, model, weights, format, resolution, atol)
+    # export_model fuses the model itself and verifies the export against this unfused reference
+    res = export_model(create_model(model, weights=weights), out, format, resolution, not static_hw, atol)
     shapes = ", ".join("x".join(map(str, s)) for s in res.checked_shapes)
     size = out.stat().st_size / 2**20
-    print(f"wrote {out} ({args.format}, {size:.1f} MiB); max |diff| vs eager {res.max_abs_diff:.2e} on {shapes}")
+    print(f"wrote {out} ({format}, {size:.1f} MiB); max |diff| vs eager {res.max_abs_diff:.2e} on {shapes}")
+    return 0
+
+
+def _export_keras(out: Path, model: str, weights: str | None, format: str, resolution: int | None, atol: float) -> int:
+    import os
+
+    from ..core.errors import require
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    require("tensorflow", "keras", f"--format {format}")
+    import cvt.keras as ck
+    from cvt.keras.export import export_verified
+
+    net = ck.create_model(model, weights=weights)
+    diff = export_verified(net, out, format, resolution, atol)
+    size = sum(p.stat().st_size for p in ([out] if out.is_file() else out.rglob("*")) if p.is_file()) / 2**20
+    print(f"wrote {out} ({format}, {size:.1f} MiB); max |diff| vs Keras eager {diff:.2e} on batch 1 and 3")
     return 0

@@ -6,7 +6,6 @@ one line on stderr naming it and the reason; the others are still answered; the 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
 import io
@@ -15,42 +14,106 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from . import UsageError, UserError, user_errors
+from ..core.errors import CvtError
+from ..core.files import write_text
+from ..core.images import list_images
+from ..data.transforms import denormalize
+from ..explain import render
+from ..predict import BatchResult, Prediction, Predictor
+from ._signature import Arg, default_of
 
-FORMATS = ("table", "json", "csv")
 
+def run_predict(
+    paths: Annotated[list[str], Arg(metavar="PATH")],
+    *,
+    model: str | None = None,
+    weights: Annotated[str | None, Arg(metavar="FILE|DIR")] = None,
+    labels: Annotated[str | None, Arg(metavar="FILE")] = None,
+    topk: int = default_of(Predictor, "topk"),
+    batch_size: int = default_of(Predictor, "batch_size"),
+    workers: int | None = None,
+    device: str | None = None,
+    format: Literal["table", "json", "csv"] = "table",
+    output: Annotated[str | None, Arg("-o", metavar="FILE")] = None,
+    explain: Annotated[str | None, Arg(metavar="DIR")] = None,
+    max_pixels: int = default_of(Predictor, "max_pixels"),
+    progress: bool = True,
+) -> int:
+    """Classify images with a CvT. Without --weights the released checkpoint --model is downloaded once into the
+    Hugging Face cache. Preprocessing is the checkpoint's official one.
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from ..core.images import DEFAULT_MAX_PIXELS
-
-    p = sub.add_parser(
-        "predict",
-        help="classify images (top-k ImageNet or custom labels)",
-        description="Classify images with a CvT. Without --weights the released checkpoint --model is "
-        "downloaded once into the Hugging Face cache. Preprocessing is the checkpoint's official one.",
+    Args:
+        paths: image files, directories (recursive) or quoted globs
+        model: checkpoint or architecture name (default: cvt-13, or what --weights holds)
+        weights: local weights: official .pth, HF dir, cvt-torch file
+        labels: class names: one per line, or JSON (list or id2label)
+        topk: classes per image
+        batch_size: images per forward pass
+        workers: DataLoader decoding workers (default: 0 for few files)
+        device: cpu, cuda or cuda:N (default: cuda when available)
+        format: output format
+        output: write the records here instead of stdout
+        explain: write a PNG per image: top-k and cls attention map
+        max_pixels: refuse larger images
+        progress: progress bar on stderr
+    """
+    files, problems = expand_inputs(paths)
+    for _, msg in problems:
+        _say(msg)
+    if not files:
+        raise CvtError("no images to classify")
+    if workers is None:
+        workers = 0 if len(files) <= batch_size else min(4, max(1, (os.cpu_count() or 2) - 1))
+    predictor = Predictor(
+        model,
+        weights=weights,
+        labels=labels,
+        topk=topk,
+        device=device,
+        batch_size=batch_size,
+        num_workers=workers,
+        max_pixels=max_pixels,
+        explain=bool(explain),
     )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories (recursive) or quoted globs")
-    p.add_argument("--model", help="checkpoint or architecture name (default: cvt-13, or what --weights holds)")
-    p.add_argument("--weights", metavar="FILE|DIR", help="local weights: official .pth, HF dir, cvt-torch file")
-    p.add_argument("--labels", metavar="FILE", help="class names: one per line, or JSON (list or id2label)")
-    p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader decoding workers (default: 0 for few files)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
-    p.add_argument("--output", "-o", default=None, metavar="FILE", help="write the records here instead of stdout")
-    p.add_argument("--explain", default=None, metavar="DIR", help="write a PNG per image: top-k and cls attention map")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default 100M)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    p.set_defaults(func=run_predict)
+    bar = progress and len(files) > batch_size and sys.stderr.isatty()
+    records, failed = _classify(predictor, files, Path(explain) if explain else None, bar)
+    failures = len(problems) + failed
+    text = format_records(records, format)
+    if output:
+        write_text(output, text)
+    else:
+        sys.stdout.write(text)
+    if failures:
+        print(f"cvt predict: {failures} input(s) failed, {len(records)} classified", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _classify(
+    predictor: Predictor, files: list[str], explain_dir: Path | None, progress: bool
+) -> tuple[list[dict[str, Any]], int]:
+    """``(one record per classified file, in input order; how many failed)``; failures are said on stderr."""
+    if explain_dir is not None:
+        explain_dir.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    failed = 0
+    used: set[str] = set()
+    for batch in predictor.iter_files(files, explain=explain_dir is not None, progress=progress):
+        for _, msg in batch.failures:
+            _say(msg)
+        failed += len(batch.failures)
+        for j, pred in enumerate(batch.predictions):
+            rec = pred.to_dict()
+            if explain_dir is not None:
+                png = _unique_png(explain_dir, pred.path, used)
+                rec["explain"] = str(_write_explain(predictor, batch, j, pred, png))
+            records.append(rec)
+    return records, failed
 
 
 # ---------------------------------------------------------------------------- inputs
 def _walk(root: str, problems: list[tuple[str, str]]) -> list[str]:
-    from ..core.images import list_images
-
     def onerror(e: OSError) -> None:
         problems.append((str(e.filename), f"{e.filename}: cannot list directory ({e.strerror})"))
 
@@ -108,8 +171,8 @@ def format_records(records: list[dict[str, Any]], fmt: str) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def _unique_png(directory: Path, path: str, used: set[str]) -> Path:
-    stem = Path(path).stem or "image"
+def _unique_png(directory: Path, path: str | None, used: set[str]) -> Path:
+    stem = Path(path or "").stem or "image"
     name, n = f"{stem}.png", 1
     while name in used:
         name, n = f"{stem}-{n}.png", n + 1
@@ -117,86 +180,14 @@ def _unique_png(directory: Path, path: str, used: set[str]) -> Path:
     return directory / name
 
 
-# ---------------------------------------------------------------------------- the verb
 def _say(msg: str) -> None:
     print(f"cvt predict: error: {' '.join(msg.split())}", file=sys.stderr)
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    import torch
-
-    for name in ("topk", "batch_size", "max_pixels"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.workers is not None and args.workers < 0:
-        raise UsageError(f"--workers must be >= 0, got {args.workers}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: CUDA is not available here (use --device cpu)")
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    from ..core.labels import LabelError
-    from ..predict import Predictor, PredictorError
-
-    _check_args(args)
-    files, problems = expand_inputs(args.paths)
-    for _, msg in problems:
-        _say(msg)
-    if not files:
-        raise UserError("no images to classify")
-    workers = args.workers
-    if workers is None:
-        workers = 0 if len(files) <= args.batch_size else min(4, max(1, (os.cpu_count() or 2) - 1))
-    with user_errors():
-        try:
-            predictor = Predictor(
-                args.model, weights=args.weights, labels=args.labels, topk=args.topk, device=args.device,
-                batch_size=args.batch_size, num_workers=workers, max_pixels=args.max_pixels,
-            )  # fmt: skip
-        except LabelError as e:
-            raise UserError(str(e)) from None
-        except PredictorError as e:
-            raise UsageError(str(e)) from None
-    explain_dir = Path(args.explain) if args.explain else None
-    if explain_dir is not None:
-        try:
-            explain_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"{explain_dir}: cannot create directory ({e.strerror})") from None
-    progress = not args.no_progress and len(files) > args.batch_size and sys.stderr.isatty()
-    records: list[dict[str, Any]] = []
-    failures = len(problems)
-    used: set[str] = set()
-    for batch in predictor.iter_files(files, explain=explain_dir is not None, progress=progress):
-        for _, msg in batch.failures:
-            _say(msg)
-        failures += len(batch.failures)
-        for j, pred in enumerate(batch.predictions):
-            rec = pred.to_dict()
-            if explain_dir is not None and batch.inputs is not None and batch.heatmaps is not None:
-                rec["explain"] = str(_write_explain(predictor, batch, j, pred, explain_dir, used))
-            records.append(rec)
-    text = format_records(records, args.format)
-    if args.output:
-        from ..weights.io import atomic_write
-
-        try:
-            atomic_write(args.output, lambda tmp: tmp.write_text(text))
-        except OSError as e:
-            raise UserError(f"{args.output}: cannot write ({e.strerror or e})") from None
-    else:
-        sys.stdout.write(text)
-    if failures:
-        print(f"cvt predict: {failures} input(s) failed, {len(records)} classified", file=sys.stderr)
-    return 1 if failures else 0
-
-
-def _write_explain(predictor: Any, batch: Any, j: int, pred: Any, directory: Path, used: set[str]) -> Path:
-    from ..data.transforms import denormalize
-    from ..explain import render
-
+def _write_explain(predictor: Predictor, batch: BatchResult, j: int, pred: Prediction, png: Path) -> Path:
+    """The ``j``-th image of ``batch``: its input crop, its cls attention map and its top-k, as a PNG."""
+    assert batch.inputs is not None and batch.heatmaps is not None  # iter_files(explain=True) gives both
     pre = predictor.preprocess
     image = denormalize(batch.inputs[j], pre.mean, pre.std)
-    png = _unique_png(directory, pred.path, used)
     render(image, batch.heatmaps[j], pred.labels, pred.probs, title=pred.path).save(png)
     return png

@@ -368,6 +368,28 @@ _HF_KEYS = {
 }
 
 
+def feature_indices(n: int, indices: int | Sequence[int] | None) -> list[int]:
+    """timm's rule for choosing among ``n`` stages, as sorted absolute indices.
+
+    ``None``: all; an int ``k``: the last ``k``; a sequence: those (negative counts from the end). An index
+    outside the model raises :class:`~cvt.core.errors.ConfigError` (no wrapping around).
+    """
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ConfigError(f"indices: last-n {indices} is out of range (1 to {n}) for a {n}-stage model")
+        return list(range(n - indices, n))
+    take = set()
+    for i in indices:
+        if not -n <= i < n:
+            raise ConfigError(f"indices: stage {i} is out of range ({-n} to {n - 1}) for a {n}-stage model")
+        take.add(i % n)
+    if not take:
+        raise ConfigError("indices: an empty list selects no stage")
+    return sorted(take)
+
+
 def hf_labels(hf: Mapping[str, Any]) -> tuple[str, ...] | None:
     """The class names of an HF ``config.json`` (``id2label`` in index order); ``None`` without real names.
 

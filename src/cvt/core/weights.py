@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import native
+from . import native, tfport
 from .config import CvTConfig, hf_labels
 from .errors import ConversionError, WeightsError, first_line
 from .files import atomic_write
@@ -88,6 +88,8 @@ def read_raw(
         raise WeightsError(f"{path}: empty file")
     with open(path, "rb") as f:
         head = f.read(9)
+    if tfport.is_hdf5(head):  # HDF5: the TF port's save_weights file (official names, PyTorch layouts)
+        return tfport.read_h5(path), {}, path
     # safetensors: 8-byte little-endian header length, then the JSON header
     if path.suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{"):
         arrays, meta = _load_safetensors(path, framework)

@@ -1,10 +1,15 @@
-"""Training augmentations, our own (no torchvision): the DeiT / official CvT recipe on PIL images.
+"""Training augmentations, our own (no torchvision): the DeiT / official CvT recipe on PIL images, timm-like.
 
 Per image (in DataLoader workers): :class:`RandomResizedCrop` (or a plain resize), a random shift, a
 horizontal flip, :class:`RandAugment` (timm's ``rand-m9-mstd0.5-inc1``) or colour jitter, normalisation, then
 :class:`RandomErasing` on the tensor. Per batch (in the training loop): :class:`MixupCutmix`.
 
-Every random choice is drawn from a ``numpy.random.Generator`` passed in by the caller. The data set seeds
+*timm-like, not timm*: RandAugment's ops, RandomErasing and Mixup/CutMix follow timm's definitions (op lists
+and order, magnitude ranges, box sampling, ``lam`` correction), RandomResizedCrop torchvision's sampling; but
+every random number comes from a ``numpy.random.Generator`` in our own order, so no output is bit-equal to
+timm's for a seed; crops keep PIL's sub-pixel box where torchvision rounds; colour jitter has no hue term.
+
+Every random choice is drawn from the ``numpy.random.Generator`` passed in by the caller. The data set seeds
 it from ``(seed, epoch, sample index)``, so an image gets the same augmentation whatever the number of
 workers or processes, and a resumed run replays exactly what an uninterrupted one would have done.
 """
@@ -21,14 +26,9 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from ..core.preprocess import RESAMPLE
-from ..core.preprocess import normalize as normalize_array
+from .transforms import to_tensor
 
 Rng = np.random.Generator
-
-
-def normalize(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """RGB PIL image -> ``(3, H, W)`` float32, ``(x / 255 - mean) / std`` (the evaluation's own rule)."""
-    return torch.from_numpy(normalize_array(img.convert("RGB"), mean, std))
 
 
 def fill_color(mean: Sequence[float]) -> tuple[int, int, int]:
@@ -77,6 +77,10 @@ class RandomResizedCrop:
         return img.resize((self.size, self.size), RESAMPLE[self.interpolation], box=self.box(*img.size, rng))
 
 
+def _affine(img: Image.Image, matrix: tuple[float, ...], fill: tuple[int, int, int], resample: int) -> Image.Image:
+    return img.transform(img.size, Image.Transform.AFFINE, matrix, resample, fillcolor=fill)
+
+
 def random_translate(img: Image.Image, max_fraction: float, rng: Rng, fill: tuple[int, int, int]) -> Image.Image:
     """Shift by a whole number of pixels, at most ``max_fraction`` of each side; uncovered pixels get ``fill``."""
     w, h = img.size
@@ -85,8 +89,7 @@ def random_translate(img: Image.Image, max_fraction: float, rng: Rng, fill: tupl
     if dx == 0 and dy == 0:
         return img
     # PIL's affine maps OUTPUT to INPUT coordinates: out(x, y) = in(x - dx, y - dy)
-    return img.transform(img.size, Image.Transform.AFFINE, (1, 0, -dx, 0, 1, -dy), Image.Resampling.NEAREST,
-                         fillcolor=fill)  # fmt: skip
+    return _affine(img, (1, 0, -dx, 0, 1, -dy), fill, Image.Resampling.NEAREST)
 
 
 # ---------------------------------------------------------------------------- colour
@@ -98,16 +101,12 @@ def color_jitter(img: Image.Image, strength: float, rng: Rng) -> Image.Image:
     return img
 
 
-# ---------------------------------------------------------------------------- RandAugment (timm semantics)
+# ---------------------------------------------------------------------------- RandAugment (timm's inc1 ops)
 _MAX_LEVEL = 10.0
 
 
 def _signed(v: float, rng: Rng) -> float:
     return -v if rng.random() < 0.5 else v
-
-
-def _affine(img: Image.Image, matrix: tuple[float, ...], fill: tuple[int, int, int], resample: int) -> Image.Image:
-    return img.transform(img.size, Image.Transform.AFFINE, matrix, resample, fillcolor=fill)
 
 
 def _solarize_add(img: Image.Image, add: int, threshold: int = 128) -> Image.Image:
@@ -154,15 +153,15 @@ _OPS: dict[str, Callable[..., Image.Image]] = {
         im, (1, 0, 0, 0, 1, _signed(0.45 * m / _MAX_LEVEL, rng) * im.size[1]), fill, rs
     ),
 }
-# timm's _RAND_TRANSFORMS (inc0) use the non-increasing posterize / solarize / enhance ops; we map them to
-# the same family so both spellings work (the official CvT recipe uses inc1).
-_INCREASING = list(_OPS)
+_INCREASING = list(_OPS)  # timm's _RAND_INCREASING_TRANSFORMS, in its order
+_SPEC_PART = re.compile(r"(mstd|m|p)(\d+(?:\.\d+)?)|(n|inc)(\d+)")
 
 
 @dataclass(frozen=True)
 class RandAugment:
-    """timm's ``rand-m{M}-n{N}-mstd{S}-inc1``: ``N`` ops drawn with replacement, each applied with prob ``p``
-    at magnitude ``M + N(0, S)`` clipped to ``[0, 10]``."""
+    """timm's ``rand-m{M}-n{N}-mstd{S}-inc1-p{P}``: ``N`` ops drawn with replacement from timm's increasing set,
+    each applied with probability ``P`` at magnitude ``M + N(0, S)`` clipped to ``[0, 10]`` (timm-like: see the
+    module docstring)."""
 
     magnitude: float = 9.0
     num_ops: int = 2
@@ -173,18 +172,33 @@ class RandAugment:
 
     @classmethod
     def from_string(cls, spec: str, fill: tuple[int, int, int] = (124, 116, 104), interpolation: str = "bicubic"):
-        """Parse timm's spelling, e.g. ``"rand-m9-mstd0.5-inc1"`` (unknown parts raise ``ValueError``)."""
+        """Parse timm's spelling, e.g. ``"rand-m9-mstd0.5-inc1"``; anything else raises ``ValueError``.
+
+        Only timm's *increasing* op set (``inc1``, what the CvT recipe uses) is implemented, so ``inc0`` is
+        refused rather than silently run as ``inc1`` (timm itself reads ``inc0`` as ``inc1``: it tests
+        ``bool("0")``). Where timm differs: a spec without ``inc1`` runs the increasing set here (timm: its
+        non-increasing set), and a missing ``m`` / ``mstd`` means 9 / 0.5, the CvT recipe's (timm: 10 / 0).
+        """
         parts = spec.split("-")
-        if parts[0] != "rand":
-            raise ValueError(f"{spec!r}: a RandAugment spec starts with 'rand'")
-        kw: dict[str, float] = {}
-        for part in parts[1:]:
-            m = re.fullmatch(r"(mstd|m|n|inc|p)(\d+(?:\.\d+)?)", part)
-            if not m:
-                raise ValueError(f"{spec!r}: unknown part {part!r}")
-            kw[m.group(1)] = float(m.group(2))
-        return cls(magnitude=kw.get("m", 9.0), num_ops=int(kw.get("n", 2)), magnitude_std=kw.get("mstd", 0.5),
-                   prob=kw.get("p", 0.5), fill=fill, interpolation=interpolation)  # fmt: skip
+        found = [_SPEC_PART.fullmatch(part) for part in parts[1:]]
+        if parts[0] != "rand" or not all(found):
+            raise ValueError(
+                f"{spec!r} is not a RandAugment spec (rand-m<magnitude>[-n<ops>][-mstd<std>][-inc1][-p<prob>], "
+                "e.g. rand-m9-mstd0.5-inc1)"
+            )
+        kw = {m[1] or m[3]: float(m[2] or m[4]) for m in found}
+        if kw.get("inc", 1) != 1:
+            raise ValueError(
+                f"{spec!r}: inc{kw['inc']:g} is not supported, only timm's increasing ops (inc1; timm reads inc0 so)"
+            )
+        return cls(
+            magnitude=kw.get("m", 9.0),
+            num_ops=int(kw.get("n", 2)),
+            magnitude_std=kw.get("mstd", 0.5),
+            prob=kw.get("p", 0.5),
+            fill=fill,
+            interpolation=interpolation,
+        )
 
     def __call__(self, img: Image.Image, rng: Rng) -> Image.Image:
         resample = RESAMPLE[self.interpolation]
@@ -271,7 +285,7 @@ class TrainTransform:
             img = self.randaug(img, rng)
         elif self.jitter > 0:  # timm applies colour jitter only without RandAugment
             img = color_jitter(img, self.jitter, rng)
-        x = normalize(img, self.mean, self.std)
+        x = to_tensor(img, self.mean, self.std)
         if self.erase is not None:
             x = self.erase(x, rng)
         return x

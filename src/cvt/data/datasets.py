@@ -1,7 +1,7 @@
 """Data sets for training and evaluation: image folders, CSV/JSON lists, and scikit-learn's digits.
 
 A *source* (:class:`ImageFiles`, :class:`DigitsImages`) yields ``(PIL RGB image, class index)`` and raises
-:class:`~cvt.data.transforms.ImageError` for an unusable file. :class:`TrainSet` and :class:`EvalSet` wrap a
+:class:`~cvt.core.errors.ImageError` for an unusable file. :class:`TrainSet` and :class:`EvalSet` wrap a
 source with a transform; they never let a corrupt image stop a run:
 
 * :class:`TrainSet` substitutes the next readable image (so batch shapes, and every process's step count
@@ -30,6 +30,7 @@ from PIL import Image
 
 from ..core.errors import DataError, ImageError
 from ..core.images import list_images, load_image
+from ..core.labels import imagenet_wnids
 
 _SYNSET = re.compile(r"^n\d{8}$")
 
@@ -81,14 +82,14 @@ def digits_split(val_fraction: float = 0.2, seed: int = 0) -> tuple[DigitsImages
     """The fixed, stratified split of scikit-learn's 1,797 digits: ``(train, held-out)``.
 
     Always the same for the same ``(val_fraction, seed)``: ``cvt train``, ``cvt eval digits`` and the SVC
-    baseline all see the same held-out images.
+    baseline (:mod:`cvt.train.baseline`) all see the same held-out images.
     """
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError:
         raise DataError(
-            "the digits data set ships with scikit-learn: pip install 'cvt-torch[train]' (or scikit-learn)"
+            "the digits data set ships with scikit-learn: pip install 'cvt-models[train]' (or scikit-learn)"
         ) from None
     d = load_digits()
     images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
@@ -96,17 +97,6 @@ def digits_split(val_fraction: float = 0.2, seed: int = 0) -> tuple[DigitsImages
     tr, va = train_test_split(idx, test_size=val_fraction, stratify=d.target, random_state=seed)
     tr, va = np.sort(tr), np.sort(va)
     return DigitsImages(images[tr], d.target[tr]), DigitsImages(images[va], d.target[va])
-
-
-def svc_baseline(train: DigitsImages, val: DigitsImages) -> float:
-    """Top-1 of scikit-learn's ``SVC()`` (RBF kernel, default C and gamma) on the raw 64 pixels (0..16)."""
-    from sklearn.svm import SVC
-
-    def flat(ds: DigitsImages) -> np.ndarray:
-        return ds.images.reshape(len(ds), -1).astype(np.float64) * (16.0 / 255.0)
-
-    clf = SVC().fit(flat(train), train.targets)
-    return float(clf.score(flat(val), val.targets))
 
 
 # ---------------------------------------------------------------------------- class names
@@ -277,8 +267,7 @@ class TrainSet(torch.utils.data.Dataset):
     ``skipped`` is a tuple of ``"path: reason"`` strings for the unreadable files met on the way.
     """
 
-    def __init__(self, source: Any, transform: Callable[[Image.Image, np.random.Generator], torch.Tensor],
-                 seed: int):  # fmt: skip
+    def __init__(self, source: Any, transform: Callable[[Image.Image, np.random.Generator], torch.Tensor], seed: int):
         self.source, self.transform, self.seed = source, transform, seed
 
     def __len__(self) -> int:
@@ -335,13 +324,6 @@ def collate(batch: list[Item]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 
 
 # ---------------------------------------------------------------------------- evaluation class mapping
-def imagenet_synsets() -> list[str]:
-    """The 1000 ImageNet-1k synset ids in class-index order (shipped with the package)."""
-    from ..core.labels import imagenet_wnids
-
-    return imagenet_wnids()
-
-
 def map_eval_classes(names: Sequence[str], num_classes: int, labels: Sequence[str] | None = None) -> dict[str, int]:
     """Map evaluation class folders (or list labels) to the model's class indices.
 
@@ -360,7 +342,7 @@ def map_eval_classes(names: Sequence[str], num_classes: int, labels: Sequence[st
             raise DataError(f"class folder {bad[0]!r} is not a class index of a {num_classes}-class model")
         return {n: int(n) for n in names}
     if all(_SYNSET.match(n) for n in names) and num_classes == 1000:
-        pos = {s: i for i, s in enumerate(imagenet_synsets())}  # standard order = sorted synset ids
+        pos = {s: i for i, s in enumerate(imagenet_wnids())}  # standard order = sorted synset ids
         unknown = [n for n in names if n not in pos]
         if unknown:
             raise DataError(f"class folder {unknown[0]!r} is not an ImageNet-1k synset")
@@ -375,8 +357,13 @@ def map_eval_classes(names: Sequence[str], num_classes: int, labels: Sequence[st
     )
 
 
-def eval_source(data: str | os.PathLike[str], num_classes: int, labels: Sequence[str] | None = None,
-                digits_seed: int = 0, digits_fraction: float = 0.2) -> ImageFiles | DigitsImages:  # fmt: skip
+def eval_source(
+    data: str | os.PathLike[str],
+    num_classes: int,
+    labels: Sequence[str] | None = None,
+    digits_seed: int = 0,
+    digits_fraction: float = 0.2,
+) -> ImageFiles | DigitsImages:
     """What ``cvt eval DATA`` reads: ``digits`` (the held-out split), a folder of class folders (or a folder
     holding ``val/``), or a CSV/JSON list; classes mapped with :func:`map_eval_classes`."""
     if str(data) == "digits":

@@ -3,19 +3,21 @@
 A checkpoint is a dict of tensors and plain python values only (no classes, no numpy arrays)::
 
     {"format": "cvt-torch-train", "version": 1,
-     "model": state dict, "optimizer": state dict, "scaler": state dict, "ema": {...} | None,
-     "state": {"epoch", "step", "step_in_epoch", "best", "best_epoch", "history", ...},   # JSON-like
-     "rng": {"torch": ByteTensor, "cuda": [ByteTensor], "numpy": [...], "python": [...]},
+     "model": state dict, "optimizer": state dict, "scaler": state dict ({} without fp16), "ema": {...} | None,
+     "state": TrainState.to_dict(): {"epoch", "step", "step_in_epoch", "sums", "best", "history", ...},
+     "rng": {"torch": ByteTensor, "cuda": [ByteTensor]},
      "config": TrainConfig as a dict, "model_config": CvTConfig as a dict, "classes": [...]}
+
+Resuming needs no generator state: every random draw of a run is a pure function of ``(seed, epoch, step,
+rank, sample)`` (see :func:`cvt.train.loop.step_seed`). ``rng`` holds the torch generators at the save only so
+that cvt 0.1, which restores them, can read these files (its own files also hold numpy's and python's).
 """
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..core.errors import CvtError, first_line
@@ -56,26 +58,7 @@ def find_last(out_dir: str | Path) -> Path | None:
     return p if p.is_file() else None
 
 
-# ---------------------------------------------------------------------------- random number generators
 def capture_rng() -> dict[str, Any]:
-    """Every global generator's state, as tensors and plain python values."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], [int(v) for v in np_state[1]], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state.get("numpy")
-    if n:
-        np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    p = state.get("python")
-    if p:
-        random.setstate((p[0], tuple(p[1]), p[2]))
+    """The torch generators' states (CPU, and every GPU's when CUDA is up), for the ``rng`` entry."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda}

@@ -1,46 +1,98 @@
-"""Typed training configuration: dataclasses, YAML loading, ``--set key=value`` overrides, validation.
+"""Typed training recipes: dataclasses whose fields carry their own rules, YAML loading, ``--set`` overrides.
 
 A recipe is a YAML file with up to seven sections (``recipe``, ``model``, ``data``, ``augment``, ``optim``,
 ``schedule``, ``run``); anything it leaves out keeps the default below. The defaults ARE the embedded recipe:
 a small CvT on scikit-learn's digits (``configs/digits.yaml`` spells the same values out).
 
-Every problem is reported as one :class:`TrainConfigError` naming the key, what was wrong and what is valid,
-before any data is read or any model is built.
+Each field states its rule where it is declared: ``option(default, CHOICES)`` or ``bound(default, "> 0")``
+(the bound is both the check and the message: ``> x``, ``>= x``, ``in [a, b)`` with any brackets, each value of
+a tuple, ``or null`` for optional fields). Rules between fields sit in the section's ``__post_init__``.
+Building a section checks it, so every problem is one :class:`TrainConfigError` naming the key, what was
+wrong and what is valid, before any data is read or any model is built.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
-from ..core.config import ConfigError, CvTConfig
+from ..core.config import CvTConfig
+from ..core.errors import ConfigError, UnknownModelError
+from ..core.presets import get_checkpoint, get_config, list_models
+from ..data.augment import RandAugment
 
 DATA_KINDS = ("digits", "folder", "list")
 OPTIMIZERS = ("adamw", "sgd")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
-_RANDAUG_RE = re.compile(r"^rand(-(m\d+(\.\d+)?|n\d+|mstd\d+(\.\d+)?|inc[01]|p\d+(\.\d+)?))*$")
+ACTIVATIONS = ("quick_gelu", "gelu")
 
 
 class TrainConfigError(ConfigError):
     """An invalid training configuration (one line, names the key and lists what is valid)."""
 
 
+def option(default: Any, choices: Sequence[str]) -> Any:
+    """A field whose value is one of ``choices`` (or ``None`` when the field is optional)."""
+    return field(default=default, metadata={"choices": tuple(choices)})
+
+
+def bound(default: Any, rule: str) -> Any:
+    """A field whose value (each value, for a tuple) satisfies ``rule``, e.g. ``"> 0"``, ``"in [0, 1)"``."""
+    return field(default=default, metadata={"bound": rule})
+
+
+_BOUND = re.compile(r"(?:(>=?) (\S+)|in ([\[(])(\S+), (\S+)([\])]))(?: or null)?")
+
+
+def _within(value: Any, rule: str) -> bool:
+    if value is None:
+        return rule.endswith(" or null")
+    if isinstance(value, tuple):
+        return all(_within(v, rule) for v in value)
+    m = _BOUND.fullmatch(rule)
+    if m[1]:
+        return value >= float(m[2]) if m[1] == ">=" else value > float(m[2])
+    lo, hi = float(m[4]), float(m[5])
+    return (lo <= value if m[3] == "[" else lo < value) and (value <= hi if m[6] == "]" else value < hi)
+
+
+def _bad(key: str, what: str, value: Any) -> TrainConfigError:
+    return TrainConfigError(f"{key}: must be {what}, got {value!r}")
+
+
+class _Section:
+    """Checks every field's ``option`` / ``bound`` rule on construction; ``key`` names the section in messages."""
+
+    key: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value, key = getattr(self, f.name), f"{self.key}.{f.name}"
+            choices = f.metadata.get("choices")
+            if choices and value is not None and value not in choices:
+                raise TrainConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+            if "bound" in f.metadata and not _within(value, f.metadata["bound"]):
+                raise _bad(key, f.metadata["bound"], value)
+
+
 # ---------------------------------------------------------------------------- sections
 @dataclass
-class RecipeInfo:
+class RecipeInfo(_Section):
     """What a shipped recipe promises (free text; printed at the start of a run, not used by training)."""
 
+    key: ClassVar[str] = "recipe"
     description: str = "the embedded default: a small CvT on scikit-learn's 8x8 digits, fixed 20% held-out split"
     command: str = "cvt train"
     hardware: str = "2 CPU cores"
@@ -49,91 +101,133 @@ class RecipeInfo:
 
 
 @dataclass
-class ModelSection:
+class ModelSection(_Section):
+    key: ClassVar[str] = "model"
     name: str | None = "cvt-digits"  # architecture / checkpoint name (cvt list)
     spec: dict[str, Any] | None = None  # a full CvTConfig as a mapping (stages: [...]) instead of a name
     weights: str | None = None  # start from these weights (fine-tuning: a new head if the class count differs)
-    activation: str | None = None  # quick_gelu (official) | gelu; default: the architecture's
-    drop_path_rate: float | None = None  # override the LAST stage's drop-path rate (the one the paper varies)
+    activation: str | None = option(None, ACTIVATIONS)  # quick_gelu (official) | gelu; default: the architecture's
+    drop_path_rate: float | None = bound(None, "in [0, 1) or null")  # the LAST stage's (the one the paper varies)
     pretrained: bool = False  # download the released checkpoint `name` from the HF hub
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.name is None) == (self.spec is None):
+            raise TrainConfigError(
+                "model: give exactly one of model.name (an architecture) or model.spec (a CvTConfig)"
+            )
+        if self.name is not None and self.name.lower() not in list_models():
+            raise TrainConfigError(f"model.name: unknown model {self.name!r} (valid: {', '.join(list_models())})")
+        if self.pretrained and (self.name is None or get_checkpoint(self.name) is None):
+            raise TrainConfigError(f"model.pretrained: {self.name!r} is an architecture, not a released checkpoint")
+        if self.pretrained and self.weights:
+            raise TrainConfigError("model: give model.weights or model.pretrained, not both")
 
 
 @dataclass
-class DataSection:
-    kind: str = "digits"  # digits | folder (ROOT/train/<class>/*, ROOT/val/<class>/*) | list (CSV/JSON)
+class DataSection(_Section):
+    key: ClassVar[str] = "data"
+    kind: str = option("digits", DATA_KINDS)  # digits | folder (ROOT/train/<class>/*, ROOT/val/<class>/*) | list
     root: str | None = None  # folder: the directory holding train/ and val/
     train: str | None = None  # list: CSV (path,label) or JSON file for training
     val: str | None = None  # list: the validation file
-    img_size: int = 32  # training and evaluation resolution
-    batch_size: int = 64  # GLOBAL batch per optimizer step: all processes and accumulation steps together
-    eval_batch_size: int = 256  # per process
-    workers: int = 1  # DataLoader worker processes per training process (PIL decoding runs there)
+    img_size: int = bound(32, ">= 8")  # training and evaluation resolution
+    batch_size: int = bound(64, ">= 1")  # GLOBAL batch per optimizer step: all processes and accumulation steps
+    eval_batch_size: int = bound(256, ">= 1")  # per process
+    workers: int = bound(1, ">= 0")  # DataLoader worker processes per training process (PIL decoding runs there)
     # Evaluation geometry: < 1 resizes the short side to img_size / crop_pct and centre-crops; 1 squashes.
     # 0.875 below 384 is what `cvt predict` assumes for a model of that size (the released checkpoints' rule).
-    crop_pct: float = 0.875
-    interpolation: str = "bicubic"
+    crop_pct: float = bound(0.875, "in (0, 1]")
+    interpolation: str = option("bicubic", INTERPOLATIONS)
     mean: tuple[float, float, float] | None = None  # null: ImageNet's (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] | None = None  # null: ImageNet's (0.229, 0.224, 0.225)
-    val_fraction: float = 0.2  # digits: stratified held-out fraction (fixed by split_seed)
+    std: tuple[float, float, float] | None = bound(None, "> 0 or null")  # null: ImageNet's (0.229, 0.224, 0.225)
+    val_fraction: float = bound(0.2, "in (0, 1)")  # digits: stratified held-out fraction (fixed by split_seed)
     split_seed: int = 0
-    max_train_samples: int | None = None  # quick runs and tests: use only the first N (after a seeded shuffle)
-    max_val_samples: int | None = None
+    max_train_samples: int | None = bound(None, ">= 1 or null")  # quick runs: the first N after a seeded shuffle
+    max_val_samples: int | None = bound(None, ">= 1 or null")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kind == "folder" and not self.root:
+            raise TrainConfigError("data.root: required with data.kind: folder (a directory holding train/ and val/)")
+        if self.kind == "list" and not (self.train and self.val):
+            raise TrainConfigError("data.train / data.val: both required with data.kind: list (CSV or JSON files)")
 
 
 @dataclass
-class AugmentSection:
+class AugmentSection(_Section):
+    key: ClassVar[str] = "augment"
     random_resized_crop: bool = True  # else: resize (squash) to img_size
-    scale: tuple[float, float] = (0.85, 1.0)  # RandomResizedCrop area fraction
-    ratio: tuple[float, float] = (0.9, 1.1111)  # RandomResizedCrop aspect ratio
-    translate: float = 0.1  # random shift, a fraction of img_size each way (0: off)
-    hflip: float = 0.0  # digits are not mirror-symmetric; ImageNet recipes use 0.5
-    color_jitter: float = 0.0  # brightness/contrast/saturation strength; skipped when randaugment is set (timm)
-    randaugment: str | None = None  # timm spelling, e.g. "rand-m9-mstd0.5-inc1"
-    random_erasing: float = 0.0  # probability (pixel mode, one box)
-    mixup: float = 0.0  # Beta(alpha, alpha); 0 = off
-    cutmix: float = 0.0  # Beta(alpha, alpha); 0 = off
-    mix_prob: float = 1.0  # probability that a batch is mixed at all
-    switch_prob: float = 0.5  # with both on: probability of cutmix instead of mixup
-    label_smoothing: float = 0.1
+    scale: tuple[float, float] = bound((0.85, 1.0), "in (0, 1]")  # RandomResizedCrop area fraction, min <= max
+    ratio: tuple[float, float] = bound((0.9, 1.1111), "> 0")  # RandomResizedCrop aspect ratio, min <= max
+    translate: float = bound(0.1, "in [0, 0.5)")  # random shift, a fraction of img_size each way (0: off)
+    hflip: float = bound(0.0, "in [0, 1]")  # digits are not mirror-symmetric; ImageNet recipes use 0.5
+    color_jitter: float = bound(0.0, ">= 0")  # brightness/contrast/saturation; skipped with randaugment (timm)
+    randaugment: str | None = None  # timm's spelling, e.g. "rand-m9-mstd0.5-inc1" (see RandAugment)
+    random_erasing: float = bound(0.0, "in [0, 1]")  # probability (pixel mode, one box)
+    mixup: float = bound(0.0, ">= 0")  # Beta(alpha, alpha); 0 = off
+    cutmix: float = bound(0.0, ">= 0")  # Beta(alpha, alpha); 0 = off
+    mix_prob: float = bound(1.0, "in [0, 1]")  # probability that a batch is mixed at all
+    switch_prob: float = bound(0.5, "in [0, 1]")  # with both on: probability of cutmix instead of mixup
+    label_smoothing: float = bound(0.1, "in [0, 1)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("scale", "ratio"):
+            if getattr(self, name)[0] > getattr(self, name)[1]:
+                raise _bad(f"augment.{name}", "[min, max] with min <= max", list(getattr(self, name)))
+        if self.randaugment is not None:
+            try:
+                RandAugment.from_string(self.randaugment)
+            except ValueError as e:
+                raise TrainConfigError(f"augment.randaugment: {e}") from None
 
 
 @dataclass
-class OptimSection:
-    name: str = "adamw"  # adamw | sgd
-    lr: float = 2.0e-3  # at a global batch of lr_batch; scaled linearly to data.batch_size
-    lr_batch: int = 64
-    weight_decay: float = 0.05  # never on norms, biases and the cls token
-    momentum: float = 0.9  # sgd only
+class OptimSection(_Section):
+    key: ClassVar[str] = "optim"
+    name: str = option("adamw", OPTIMIZERS)
+    lr: float = bound(2.0e-3, "> 0")  # at a global batch of lr_batch; scaled linearly to data.batch_size
+    lr_batch: int = bound(64, ">= 1")
+    weight_decay: float = bound(0.05, ">= 0")  # never on norms, biases and the cls token
+    momentum: float = bound(0.9, "in [0, 1)")  # sgd only
     nesterov: bool = False  # sgd only
-    betas: tuple[float, float] = (0.9, 0.999)  # adamw only
-    eps: float = 1.0e-8
-    clip_grad: float | None = None  # max global L2 norm of the gradients
-    accum_steps: int = 1  # micro-batches per optimizer step (data.batch_size is split across them)
+    betas: tuple[float, float] = bound((0.9, 0.999), "in [0, 1)")  # adamw only
+    eps: float = bound(1.0e-8, "> 0")
+    clip_grad: float | None = bound(None, "> 0 or null")  # max global L2 norm of the gradients
+    accum_steps: int = bound(1, ">= 1")  # micro-batches per optimizer step (data.batch_size is split across them)
 
 
 @dataclass
-class ScheduleSection:
-    epochs: int = 40
-    warmup_epochs: float = 2.0  # linear warm-up from warmup_lr, per step
-    warmup_lr: float = 1.0e-6
-    min_lr: float = 1.0e-5  # cosine floor
+class ScheduleSection(_Section):
+    key: ClassVar[str] = "schedule"
+    epochs: int = bound(40, ">= 1")
+    warmup_epochs: float = 2.0  # linear warm-up from warmup_lr, per step; shorter than the run
+    warmup_lr: float = bound(1.0e-6, ">= 0")
+    min_lr: float = bound(1.0e-5, ">= 0")  # cosine floor
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise _bad("schedule.warmup_epochs", f"in [0, epochs={self.epochs})", self.warmup_epochs)
 
 
 @dataclass
-class RunSection:
+class RunSection(_Section):
+    key: ClassVar[str] = "run"
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda (torchrun: cuda:LOCAL_RANK)
-    amp: str = "auto"  # auto: bf16 (or fp16 + GradScaler) on CUDA, fp32 on CPU | off | fp16 | bf16
+    device: str = option("auto", DEVICES)  # auto | cpu | cuda (torchrun: cuda:LOCAL_RANK)
+    amp: str = option("auto", AMP_MODES)  # auto: bf16 (or fp16 + GradScaler) on CUDA, fp32 on CPU | off | fp16 | bf16
     # torch intra-op threads per process (CPU; null: torch's choice). The digits default uses 1: its small
     # matrices gain little from a second thread, and one thread cannot stall on a busy machine (two threads
     # spin-waiting on a shared core made steps 50x slower here).
-    threads: int | None = 1
-    ema: float | None = None  # EMA decay (e.g. 0.9998); evaluated and exported instead of the raw weights
+    threads: int | None = bound(1, ">= 1 or null")
+    ema: float | None = bound(None, "in (0, 1) or null")  # EMA decay (e.g. 0.9998): evaluated and exported instead
     compile: bool = False  # torch.compile the model
     channels_last: bool = False
     sync_bn: bool = False  # DDP on CUDA: SyncBatchNorm, so BN statistics span the global batch
-    checkpoint_every_steps: int = 0  # also checkpoint mid-epoch (0: at epoch ends only)
-    eval_every: int = 1  # epochs between validations (the last epoch is always validated)
+    checkpoint_every_steps: int = bound(0, ">= 0")  # also checkpoint mid-epoch (0: at epoch ends only)
+    eval_every: int = bound(1, ">= 1")  # epochs between validations (the last epoch is always validated)
     tensorboard: bool = False  # also log to OUT/tensorboard (needs the tensorboard package)
     progress: bool = True  # per-epoch progress bar on a terminal
     plots: bool = True  # learning-curve PNG (needs matplotlib: the `train` extra)
@@ -153,6 +247,14 @@ class TrainConfig:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     run: RunSection = field(default_factory=RunSection)
 
+    def __post_init__(self) -> None:
+        if self.data.batch_size % self.optim.accum_steps:
+            raise TrainConfigError(
+                f"optim.accum_steps: {self.optim.accum_steps} does not divide data.batch_size {self.data.batch_size} "
+                "(the global batch is split into accum_steps micro-batches)"
+            )
+        self.resolve_model_config(num_classes=2)  # the architecture itself is valid at this img_size
+
     def to_dict(self) -> dict[str, Any]:
         """Plain python types only (lists for tuples): YAML / JSON / ``torch.load(weights_only=True)`` safe."""
         return _plain(dataclasses.asdict(self))
@@ -163,33 +265,26 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        cfg = _build(cls, d, "")
-        validate(cfg)
-        return cfg
+        return _parse(cls, d, "")
 
     def replace(self, **sections: Any) -> TrainConfig:
         return dataclasses.replace(self, **sections)
 
-    # ------------------------------------------------------------------ derived values
     def scaled_lr(self) -> float:
         """``optim.lr`` scaled linearly from ``optim.lr_batch`` to the global ``data.batch_size``."""
         return self.optim.lr * self.data.batch_size / self.optim.lr_batch
 
     def resolve_model_config(self, num_classes: int) -> CvTConfig:
         """The architecture this recipe trains, with ``num_classes`` and the data's ``img_size``."""
-        from ..core.presets import UnknownModelError, get_config
-
         m = self.model
-        if m.spec is not None:
-            try:
-                base = CvTConfig.from_dict(m.spec)
-            except ConfigError as e:
-                raise TrainConfigError(f"model.spec.{e}") from None
-        else:
-            try:
-                base = get_config(str(m.name))
-            except UnknownModelError:
-                raise TrainConfigError(f"model.name: unknown model {m.name!r} (valid: {_model_names()})") from None
+        try:
+            base = CvTConfig.from_dict(m.spec) if m.spec is not None else get_config(str(m.name))
+        except UnknownModelError:
+            raise TrainConfigError(
+                f"model.name: unknown model {m.name!r} (valid: {', '.join(list_models())})"
+            ) from None
+        except ConfigError as e:
+            raise TrainConfigError(f"model.spec.{e}") from None
         changes: dict[str, Any] = {"num_classes": num_classes, "img_size": self.data.img_size}
         if m.activation is not None:
             changes["activation"] = m.activation
@@ -214,20 +309,71 @@ def _flow_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
 _Dumper.add_representer(list, _flow_list)
 
 
-def _model_names() -> str:
-    from ..core.presets import list_models
+# ---------------------------------------------------------------------------- mapping -> typed dataclasses
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
 
-    return ", ".join(list_models())
+
+def _parse(tp: Any, value: Any, key: str) -> Any:
+    """``value`` (as YAML spells it) as the annotation ``tp``; raises :class:`TrainConfigError` naming ``key``."""
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise TrainConfigError(f"{key or 'config'}: expected a mapping, got {type(value).__name__} {value!r}")
+        names = [f.name for f in dataclasses.fields(tp)]
+        unknown = [k for k in value if k not in names]
+        if unknown:
+            raise TrainConfigError(f"{key + '.' if key else ''}{unknown[0]}: unknown key (valid: {', '.join(names)})")
+        hints = typing.get_type_hints(tp)
+        return tp(**{k: _parse(hints[k], v, f"{key + '.' if key else ''}{k}") for k, v in value.items()})
+    origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):  # `X | None`, the only unions in the sections
+        return None if value is None else _parse(args[0], value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise TrainConfigError(
+                f"{key}: expected a list of {len(args)} values, got {type(value).__name__} {value!r}"
+            )
+        return tuple(_parse(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        with contextlib.suppress(ValueError):
+            value, number = float(value), True
+    if origin is float and number:
+        if math.isfinite(value):
+            return float(value)
+        raise TrainConfigError(f"{key}: expected a finite number, got {value!r}")
+    if origin is int and number and (isinstance(value, int) or value.is_integer()):
+        return int(value)  # 3.0 -> 3
+    if origin is str and (number or isinstance(value, str)):
+        return str(value)  # a numeric path component stays a path
+    if origin is bool and isinstance(value, bool):
+        return value
+    if origin is dict and isinstance(value, Mapping):
+        return dict(value)
+    raise TrainConfigError(f"{key}: expected {_EXPECTED[origin]}, got {type(value).__name__} {value!r}")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 # ---------------------------------------------------------------------------- loading
 def load_config(
-    source: str | Path | Mapping[str, Any] | TrainConfig | None = None, overrides: Sequence[str] = ()
+    source: str | Path | Mapping[str, Any] | TrainConfig | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    echo: Callable[[str], None] | None = None,
 ) -> TrainConfig:
     """A validated :class:`TrainConfig` from a YAML path, a mapping, a config or ``None`` (the default).
 
     ``overrides`` are ``"section.key=value"`` strings; values are parsed as YAML (``1e-3``, ``[0.5, 1.0]``,
-    ``null``, ``true``).
+    ``null``, ``true``). A run no longer than the default warm-up (``--set schedule.epochs=2``) that does not
+    set ``schedule.warmup_epochs`` warms up for half its length instead; ``echo`` gets that notice.
     """
     if isinstance(source, TrainConfig):
         raw = source.to_dict()
@@ -247,6 +393,13 @@ def load_config(
             raise TrainConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
+    schedule = raw.get("schedule")
+    epochs = schedule.get("epochs") if isinstance(schedule, dict) else None
+    default = ScheduleSection.warmup_epochs
+    if type(epochs) is int and 1 <= epochs <= default and "warmup_epochs" not in schedule:
+        schedule["warmup_epochs"] = epochs / 2
+        if echo is not None:
+            echo(f"note: schedule.warmup_epochs: {epochs / 2:g} (half the run) instead of the default {default:g}")
     return TrainConfig.from_dict(raw)
 
 
@@ -272,183 +425,14 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-# ---------------------------------------------------------------------------- typed building
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "config"
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise TrainConfigError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            raise TrainConfigError(f"{prefix}{key}: unknown key (valid: {', '.join(fields)})")
-    hints = typing.get_type_hints(cls)
-    kwargs = {key: _coerce(value, hints[key], prefix + key) for key, value in data.items()}
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, tp: Any, name: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (accepting YAML's spellings) and convert it."""
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, name + ".")
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], name)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _type_error(name, "true or false", value)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise _type_error(name, "an integer", value)
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out = float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                out = float(value)
-            except ValueError:
-                raise _type_error(name, "a number", value) from None
-        else:
-            raise _type_error(name, "a number", value)
-        if not math.isfinite(out):
-            raise _type_error(name, "a finite number", value)
-        return out
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # e.g. a numeric path component
-        raise _type_error(name, "a string", value)
-    if origin is tuple:
-        if not isinstance(value, Sequence) or isinstance(value, str):
-            raise _type_error(name, f"a list of {len(args)} values", value)
-        if len(args) != len(value):
-            raise _type_error(name, f"a list of {len(args)} values", value)
-        return tuple(_coerce(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise _type_error(name, "a mapping", value)
-        return dict(value)
-    raise TypeError(f"unsupported annotation {tp!r} for {name}")  # pragma: no cover - a bug in this module
-
-
-def _type_error(name: str, expected: str, value: Any) -> TrainConfigError:
-    return TrainConfigError(f"{name}: expected {expected}, got {type(value).__name__} {value!r}")
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-# ---------------------------------------------------------------------------- semantic validation
-def _choice(value: Any, choices: Sequence[str], name: str) -> None:
-    if value not in choices:
-        raise TrainConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
-
-
-def _range(ok: bool, name: str, what: str, value: Any) -> None:
-    if not ok:
-        raise TrainConfigError(f"{name}: must be {what}, got {value!r}")
-
-
 def validate(cfg: TrainConfig, check_paths: bool = False) -> None:
-    """Raise :class:`TrainConfigError` on the first invalid value. ``check_paths`` also checks data paths."""
-    m, d, a, o, s, r = cfg.model, cfg.data, cfg.augment, cfg.optim, cfg.schedule, cfg.run
-    if (m.name is None) == (m.spec is None):
-        raise TrainConfigError("model: give exactly one of model.name (an architecture) or model.spec (a CvTConfig)")
-    if m.name is not None:
-        from ..core.presets import get_checkpoint, list_models
-
-        if m.name.lower() not in list_models():
-            raise TrainConfigError(f"model.name: unknown model {m.name!r} (valid: {_model_names()})")
-        if m.pretrained and get_checkpoint(m.name) is None:
-            raise TrainConfigError(f"model.pretrained: {m.name!r} is an architecture, not a released checkpoint")
-    if m.pretrained and m.weights:
-        raise TrainConfigError("model: give model.weights or model.pretrained, not both")
-    if m.activation is not None:
-        _choice(m.activation, ("quick_gelu", "gelu"), "model.activation")
-    if m.drop_path_rate is not None:
-        _range(0 <= m.drop_path_rate < 1, "model.drop_path_rate", "in [0, 1)", m.drop_path_rate)
-    cfg.resolve_model_config(num_classes=2)  # the architecture itself is valid at this img_size
-
-    _choice(d.kind, DATA_KINDS, "data.kind")
-    _choice(d.interpolation, INTERPOLATIONS, "data.interpolation")
-    _range(d.img_size >= 8, "data.img_size", ">= 8", d.img_size)
-    _range(d.batch_size >= 1, "data.batch_size", ">= 1", d.batch_size)
-    _range(d.eval_batch_size >= 1, "data.eval_batch_size", ">= 1", d.eval_batch_size)
-    _range(d.workers >= 0, "data.workers", ">= 0", d.workers)
-    _range(0 < d.crop_pct <= 1, "data.crop_pct", "in (0, 1]", d.crop_pct)
-    _range(d.std is None or all(v > 0 for v in d.std), "data.std", "positive", d.std)
-    _range(0 < d.val_fraction < 1, "data.val_fraction", "in (0, 1)", d.val_fraction)
-    for name in ("max_train_samples", "max_val_samples"):
-        v = getattr(d, name)
-        _range(v is None or v >= 1, f"data.{name}", ">= 1 or null", v)
-    if d.kind == "folder" and not d.root:
-        raise TrainConfigError("data.root: required with data.kind: folder (a directory holding train/ and val/)")
-    if d.kind == "list" and not (d.train and d.val):
-        raise TrainConfigError("data.train / data.val: both required with data.kind: list (CSV or JSON files)")
-    if check_paths:
-        check_data_paths(d)
-
-    lo, hi = a.scale
-    _range(0 < lo <= hi <= 1, "augment.scale", "0 < min <= max <= 1", list(a.scale))
-    _range(0 < a.ratio[0] <= a.ratio[1], "augment.ratio", "0 < min <= max", list(a.ratio))
-    _range(0 <= a.translate < 0.5, "augment.translate", "in [0, 0.5)", a.translate)
-    for name in ("hflip", "random_erasing", "mix_prob", "switch_prob"):
-        _range(0 <= getattr(a, name) <= 1, f"augment.{name}", "a probability in [0, 1]", getattr(a, name))
-    for name in ("mixup", "cutmix", "color_jitter"):
-        _range(getattr(a, name) >= 0, f"augment.{name}", ">= 0", getattr(a, name))
-    _range(0 <= a.label_smoothing < 1, "augment.label_smoothing", "in [0, 1)", a.label_smoothing)
-    if a.randaugment is not None and not _RANDAUG_RE.match(a.randaugment):
-        raise TrainConfigError(
-            f"augment.randaugment: {a.randaugment!r} is not a RandAugment spec "
-            "(rand-m<magnitude>[-n<ops>][-mstd<std>][-inc<0|1>][-p<prob>], e.g. rand-m9-mstd0.5-inc1)"
-        )
-
-    _choice(o.name, OPTIMIZERS, "optim.name")
-    _range(o.lr > 0, "optim.lr", "> 0", o.lr)
-    _range(o.lr_batch >= 1, "optim.lr_batch", ">= 1", o.lr_batch)
-    _range(o.weight_decay >= 0, "optim.weight_decay", ">= 0", o.weight_decay)
-    _range(0 <= o.momentum < 1, "optim.momentum", "in [0, 1)", o.momentum)
-    _range(all(0 <= b < 1 for b in o.betas), "optim.betas", "in [0, 1)", list(o.betas))
-    _range(o.eps > 0, "optim.eps", "> 0", o.eps)
-    _range(o.clip_grad is None or o.clip_grad > 0, "optim.clip_grad", "> 0 or null", o.clip_grad)
-    _range(o.accum_steps >= 1, "optim.accum_steps", ">= 1", o.accum_steps)
-    if d.batch_size % o.accum_steps:
-        raise TrainConfigError(
-            f"optim.accum_steps: {o.accum_steps} does not divide data.batch_size {d.batch_size} "
-            "(the global batch is split into accum_steps micro-batches)"
-        )
-
-    _range(s.epochs >= 1, "schedule.epochs", ">= 1", s.epochs)
-    _range(0 <= s.warmup_epochs < s.epochs, "schedule.warmup_epochs", f"in [0, epochs={s.epochs})", s.warmup_epochs)
-    _range(s.warmup_lr >= 0, "schedule.warmup_lr", ">= 0", s.warmup_lr)
-    _range(s.min_lr >= 0, "schedule.min_lr", ">= 0", s.min_lr)
-
-    _choice(r.device, DEVICES, "run.device")
-    _choice(r.amp, AMP_MODES, "run.amp")
-    _range(r.threads is None or r.threads >= 1, "run.threads", ">= 1 or null", r.threads)
-    _range(r.ema is None or 0 < r.ema < 1, "run.ema", "a decay in (0, 1) or null", r.ema)
-    _range(r.checkpoint_every_steps >= 0, "run.checkpoint_every_steps", ">= 0", r.checkpoint_every_steps)
-    _range(r.eval_every >= 1, "run.eval_every", ">= 1", r.eval_every)
-
-
-def check_data_paths(d: DataSection) -> None:
-    """The data the recipe names exists (the layout itself is checked when the data sets are built)."""
+    """Check ``cfg`` again (after changes in place); ``check_paths``: the files and folders it names exist too."""
+    TrainConfig.from_dict(cfg.to_dict())
+    if not check_paths:
+        return
+    d = cfg.data
+    if cfg.model.weights is not None and not Path(cfg.model.weights).expanduser().exists():
+        raise TrainConfigError(f"model.weights: {cfg.model.weights}: no such file or directory")
     if d.kind == "folder":
         root = Path(str(d.root)).expanduser()
         if not root.is_dir():

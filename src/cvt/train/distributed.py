@@ -1,7 +1,8 @@
-"""``torchrun`` support: process group set-up from the environment, reductions, rank-0 helpers.
+"""``torchrun`` support: the process group from the environment, reductions, rank-0 helpers.
 
 ``torchrun --nproc_per_node N -m cvt train ...`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
 rendezvous address (multi-node: ``--nnodes`` and ``--rdzv_endpoint``). Backend: NCCL on CUDA, gloo on CPU.
+Every helper is a no-op for a single process.
 """
 
 from __future__ import annotations
@@ -29,33 +30,31 @@ class DistInfo:
         return self.rank == 0
 
 
-def setup(device: str = "auto") -> tuple[DistInfo, torch.device]:
-    """Join the process group torchrun describes (if any) and pick this process's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        from .config import TrainConfigError
+def init(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group torchrun describes, if any; ``device`` becomes this process's GPU (``cuda:LOCAL_RANK``).
 
-        raise TrainConfigError("run.device: cuda requested but no CUDA device is available")
-    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
+    Returns ``(where this process is, its device)``. Leave the group with :func:`cleanup`.
+    """
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
     if world <= 1:
-        return DistInfo(), dev
-    backend = "nccl" if use_cuda else "gloo"
+        return DistInfo(), torch.device("cuda", device.index or 0) if device.type == "cuda" else device
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)  # NCCL's collectives run on the current device
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, **({"device_id": dev} if use_cuda else {}))
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local, backend=backend), dev
+        dist.init_process_group(backend=backend, **({"device_id": device} if device.type == "cuda" else {}))
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local, backend=backend), device
 
 
-def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+def cleanup() -> None:
+    """Leave the process group (if this process is in one)."""
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum ``t`` over all processes, in place (a no-op for one process)."""
+    """Sum ``t`` over all processes, in place."""
     if info.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
@@ -71,12 +70,3 @@ def broadcast_buffers(model: torch.nn.Module, info: DistInfo) -> None:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
-
-
-def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """Rank 0's boolean, on every process."""
-    if not info.enabled:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())

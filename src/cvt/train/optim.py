@@ -7,8 +7,6 @@ import math
 import torch
 from torch import nn
 
-from .config import OptimSection
-
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: decayed weights, and the rest with ``weight_decay=0``.
@@ -31,17 +29,29 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimSection, lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, eps=cfg.eps)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    raise ValueError(f"optim.name: {cfg.name!r} is not one of adamw, sgd")
+def build_optimizer(
+    model: nn.Module,
+    name: str,
+    lr: float,
+    *,
+    weight_decay: float = 0.05,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+) -> torch.optim.Optimizer:
+    """``"adamw"`` (``betas``, ``eps``) or ``"sgd"`` (``momentum``, ``nesterov``) over :func:`param_groups`."""
+    groups = param_groups(model, weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    raise ValueError(f"optim.name: {name!r} is not one of adamw, sgd")
 
 
-def lr_at(step: int, *, total_steps: int, warmup_steps: int, base_lr: float, warmup_lr: float = 0.0,
-          min_lr: float = 0.0) -> float:  # fmt: skip
+def lr_at(
+    step: int, *, total_steps: int, warmup_steps: int, base_lr: float, warmup_lr: float = 0.0, min_lr: float = 0.0
+) -> float:
     """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then cosine to ``min_lr``.
 
     ``lr(0) = warmup_lr``, ``lr(warmup_steps) = base_lr``, ``lr(total_steps) = min_lr``; per step, not per

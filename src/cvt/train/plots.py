@@ -1,4 +1,4 @@
-"""Pictures of a run: the learning curve and a confusion matrix (matplotlib, imported only here)."""
+"""Pictures of a run: the learning curve and a confusion matrix (matplotlib's object API: no pyplot state)."""
 
 from __future__ import annotations
 
@@ -7,30 +7,30 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..core.files import atomic_write
 
 log = logging.getLogger(__name__)
 
 
-def _pyplot():
+def _figure(**kw: Any) -> Any:
+    """A matplotlib ``Figure`` outside pyplot (no backend chosen, no global state), or None without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only; never needs a display
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
-        log.warning("plots skipped: matplotlib is not installed (pip install 'cvt-torch[train]')")
+        log.warning("plots skipped: matplotlib is not installed (pip install 'cvt-models[train]')")
         return None
-    return plt
+    return Figure(**kw)
 
 
 def learning_curve(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
     """Loss and top-1 per epoch, training and validation, side by side. Returns the path (None: no matplotlib)."""
-    plt = _pyplot()
-    if plt is None or not history:
+    fig = _figure(figsize=(10, 4)) if history else None
+    if fig is None:
         return None
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train (augmented, smoothed targets)")
     val = [h for h in history if h.get("val_loss") is not None]
     if val:
@@ -46,21 +46,20 @@ def learning_curve(history: Sequence[dict[str, Any]], path: str | Path, title: s
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return _save(fig, path)
 
 
-def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path,
-                     title: str = "") -> Path | None:  # fmt: skip
+def confusion_matrix(
+    matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path, title: str = ""
+) -> Path | None:
     """Rows: true class, columns: predicted; cells annotated with counts when there are few classes."""
-    plt = _pyplot()
-    if plt is None:
-        return None
-    import numpy as np
-
     m = np.asarray(matrix, dtype=np.int64)
     k = m.shape[0]
     size = min(12.0, max(4.0, 0.45 * k))
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig = _figure(figsize=(size + 1, size))
+    if fig is None:
+        return None
+    ax = fig.subplots()
     im = ax.imshow(m, cmap="Blues")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if k <= 30:
@@ -70,17 +69,21 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], pa
         for i in range(k):
             for j in range(k):
                 if m[i, j]:
-                    ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if m[i, j] > hi / 2 else "black")  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        str(m[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if m[i, j] > hi / 2 else "black",
+                    )
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return _save(fig, path)
 
 
-def _save(fig, plt, path: str | Path) -> Path:
+def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     return path

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import torch
 
+from ..core.errors import ConfigError
+
 
 class EpochBatchSampler(torch.utils.data.Sampler):
     """Micro-batches of ``(index, epoch)`` pairs for one process (the data set keys augmentation on both).
@@ -20,17 +22,25 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     reads nothing it would skip).
     """
 
-    def __init__(self, num_samples: int, global_batch: int, *, rank: int = 0, world_size: int = 1,
-                 accum_steps: int = 1, seed: int = 0, shuffle: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        num_samples: int,
+        global_batch: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        accum_steps: int = 1,
+        seed: int = 0,
+    ):
         if global_batch % (world_size * accum_steps):
-            raise ValueError(
+            raise ConfigError(
                 f"data.batch_size {global_batch} is not divisible by processes x accum_steps "
                 f"({world_size} x {accum_steps})"
             )
         self.num_samples, self.global_batch = num_samples, global_batch
         self.rank, self.world_size, self.accum = rank, world_size, accum_steps
         self.micro = global_batch // (world_size * accum_steps)
-        self.seed, self.shuffle = seed, shuffle
+        self.seed = seed
         self.steps_per_epoch = num_samples // global_batch
         self.epoch, self.start_step = 0, 0
 
@@ -38,8 +48,6 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         self.epoch, self.start_step = epoch, start_step
 
     def permutation(self, epoch: int) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.num_samples)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.num_samples, generator=g)
 

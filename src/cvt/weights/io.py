@@ -55,7 +55,13 @@ def read_weights(path: str | os.PathLike[str], check: bool = True) -> LoadedWeig
 
     ``check``: refuse non-finite values and negative BatchNorm variances (off only to inspect a broken file).
     """
-    return read_arrays(path, framework="pt", read_pickle=load_pickle, check=check)
+    return as_torch(read_arrays(path, framework="pt", read_pickle=load_pickle, check=check))
+
+
+def as_torch(loaded: LoadedArrays) -> LoadedWeights:
+    """Readers without a torch flavour (the TF port's ``.h5``) hand back numpy arrays: make them tensors."""
+    loaded.state_dict = {k: torch.as_tensor(v) for k, v in loaded.state_dict.items()}
+    return loaded
 
 
 # ---------------------------------------------------------------------------- loading into a model

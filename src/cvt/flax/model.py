@@ -1,0 +1,226 @@
+"""The CvT model in Flax NNX, numerically equal to :class:`cvt.model.CvT` (PyTorch) on the same weights.
+
+``CvT(config, rngs=nnx.Rngs(params=0, dropout=1))`` builds the architecture of a
+:class:`~cvt.core.config.CvTConfig`; the input is NHWC ``(B, H, W, in_chans)`` float, any ``H, W``.
+Like every NNX module it starts in training mode (BatchNorm on batch statistics, dropout and drop path on);
+``model.eval()`` / ``model.train()`` switch. :func:`cvt.flax.create_model` returns it in eval mode.
+
+Parameter paths are the native (PyTorch) names: ``stages.{i}.patch_embed.proj``, ``stages.{i}.cls_token``,
+``stages.{i}.blocks.{j}.attn.conv_proj_q.conv`` ..., ``norm``, ``head`` (:mod:`cvt.flax.weights` maps them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ..core.config import CvTConfig, StageConfig, feature_indices
+from ..core.errors import ConfigError
+from ..core.spec import PretrainedSpec
+from .layers import Block, ConvEmbed, layer_norm, torch_default_bias, trunc_normal
+
+Array = jax.Array
+
+__all__ = ["CvT", "CvTStage", "jit_forward"]
+
+
+class CvTStage(nnx.Module):
+    """Convolutional token embedding + ``depth`` blocks (+ optional cls token).
+
+    ``(B, H_in, W_in, C_in) -> (B, H, W, C)`` map and the ``(B, 1, C)`` cls token (or ``None``).
+    """
+
+    def __init__(self, cfg: StageConfig, in_chans: int, activation: str, eps: float, init: str, *, rngs: nnx.Rngs):
+        self.patch_embed = ConvEmbed(
+            in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_stride, cfg.patch_padding, eps, rngs=rngs
+        )
+        self.pos_drop = nnx.Dropout(cfg.drop_rate, rngs=rngs)
+        self.cls_token = nnx.Param(trunc_normal(rngs.params(), (1, 1, cfg.embed_dim))) if cfg.cls_token else None
+        self.blocks = nnx.List(
+            Block(
+                cfg.embed_dim,
+                cfg.num_heads,
+                mlp_ratio=cfg.mlp_ratio,
+                drop_path_rate=rate,
+                drop=cfg.drop_rate,
+                activation=activation,
+                eps=eps,
+                init=init,
+                qkv_bias=cfg.qkv_bias,
+                attn_drop=cfg.attn_drop_rate,
+                method=cfg.qkv_proj_method,
+                kernel_size=cfg.kernel_qkv,
+                stride_q=cfg.stride_q,
+                stride_kv=cfg.stride_kv,
+                padding_q=cfg.padding_q,
+                padding_kv=cfg.padding_kv,
+                with_cls_token=cfg.cls_token,
+                rngs=rngs,
+            )
+            for rate in cfg.drop_path_rates()
+        )
+
+    def __call__(self, x: Array, attn_maps: list[Array] | None = None) -> tuple[Array, Array | None]:
+        x = self.patch_embed(x)  # (B, H, W, C)
+        b, h, w, c = x.shape
+        x = x.reshape(b, h * w, c)
+        if self.cls_token is not None:
+            cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, c))
+            x = jnp.concatenate((cls, x), axis=1)  # (B, 1+HW, C)
+        x = self.pos_drop(x)
+        for blk in self.blocks:
+            if attn_maps is not None:
+                x, attn = blk(x, h, w, return_attn=True)
+                attn_maps.append(attn)
+            else:
+                x = blk(x, h, w)
+        cls = None
+        if self.cls_token is not None:
+            cls, x = x[:, :1], x[:, 1:]
+        return x.reshape(b, h, w, c), cls
+
+
+class CvT(nnx.Module):
+    """Convolutional vision Transformer (Flax NNX).
+
+    ``model(x)``: ``(B, H, W, in_chans)`` -> ``(B, num_classes)`` logits (``(B, num_features)`` pooled
+    features when ``num_classes == 0``).
+    """
+
+    def __init__(self, config: CvTConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.pretrained_cfg: PretrainedSpec | None = None  # preprocessing, labels (set by create_model)
+        self.num_features = config.num_features
+        eps = config.layer_norm_eps
+        stages, in_chans = [], config.in_chans
+        for s in config.stages:
+            stages.append(CvTStage(s, in_chans, config.activation, eps, config.init, rngs=rngs))
+            in_chans = s.embed_dim
+        self.stages = nnx.List(stages)
+        self.has_cls_token = config.stages[-1].cls_token
+        self.norm = layer_norm(self.num_features, eps, rngs)
+        self.head = self._new_head(config.num_classes, rngs)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def _new_head(self, num_classes: int, rngs: nnx.Rngs) -> nnx.Linear | None:
+        """Official classifier init: trunc-normal(0.02) weight, PyTorch's default uniform bias."""
+        if num_classes <= 0:
+            return None
+        return nnx.Linear(
+            self.num_features,
+            num_classes,
+            kernel_init=trunc_normal,
+            bias_init=torch_default_bias(self.num_features),
+            rngs=rngs,
+        )
+
+    def reset_classifier(self, num_classes: int, *, rngs: nnx.Rngs) -> None:
+        """Replace the head with a freshly initialised one (``0``: none, pooled features out)."""
+        self.config = self.config.replace(num_classes=num_classes)
+        self.head = self._new_head(num_classes, rngs)
+
+    def _check_input(self, x: Array) -> None:
+        if x.ndim != 4 or x.shape[-1] != self.config.in_chans:
+            raise ValueError(f"expected NHWC input of shape (B, H, W, {self.config.in_chans}), got {tuple(x.shape)}")
+        self.config.feature_shapes(x.shape[1], x.shape[2])  # clear error for too-small inputs
+
+    def forward_features(self, x: Array) -> Array:
+        """``(B, H, W, C_in)`` -> last-stage tokens ``(B, N, C)``: the cls token first when there is one."""
+        self._check_input(x)
+        cls = None
+        for stage in self.stages:
+            x, cls = stage(x)
+        b, h, w, c = x.shape
+        tokens = x.reshape(b, h * w, c)
+        return jnp.concatenate((cls, tokens), axis=1) if cls is not None else tokens
+
+    def forward_head(self, x: Array, pre_logits: bool = False) -> Array:
+        """``(B, N, C)`` tokens -> logits ``(B, num_classes)`` (or pooled ``(B, C)`` with ``pre_logits``).
+
+        With a cls token: LayerNorm on it. Without: LayerNorm on every token, then the mean (official order).
+        """
+        x = self.norm(x[:, 0]) if self.has_cls_token else self.norm(x).mean(axis=1)
+        return x if pre_logits or self.head is None else self.head(x)
+
+    def __call__(self, x: Array) -> Array:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: Array,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NHWC",
+        intermediates_only: bool = False,
+    ) -> list[Array] | tuple[Array, list[Array]]:
+        """timm's backbone API, as :meth:`cvt.model.CvT.forward_intermediates` but with NHWC maps.
+
+        Args:
+            x: ``(B, H, W, in_chans)`` images.
+            indices: the stages to return (:func:`cvt.core.config.feature_indices`: ``None`` all, an int ``n`` the
+                last ``n``, a sequence those; out of range raises). Maps come in stage order.
+            norm: apply the final LayerNorm to the last stage's map, when it is returned.
+            stop_early: do not run the stages after the last requested one.
+            output_fmt: ``"NHWC"`` (the only layout).
+            intermediates_only: return the maps alone (the later stages are not run).
+
+        Returns:
+            ``(final, maps)``: ``final`` is the last run stage's tokens ``(B, N, C)`` (``forward_features(x)``
+            unless stopped early; its ``[:, 0]`` is the cls token when the stage has one), or ``maps`` alone.
+        """
+        if output_fmt != "NHWC":
+            raise ConfigError(f"output_fmt: {output_fmt!r} is not supported (use 'NHWC')")
+        take = feature_indices(len(self.stages), indices)
+        self._check_input(x)
+        last = len(self.stages) - 1
+        run = take[-1] + 1 if stop_early or intermediates_only else len(self.stages)
+        maps, cls = [], None
+        for i in range(run):
+            x, cls = self.stages[i](x)
+            if i in take:
+                maps.append(self.norm(x) if norm and i == last else x)
+        if intermediates_only:
+            return maps
+        b, h, w, c = x.shape
+        tokens = x.reshape(b, h * w, c)
+        return jnp.concatenate((cls, tokens), axis=1) if cls is not None else tokens, maps
+
+    def forward_attention(self, x: Array) -> list[list[Array]]:
+        """Attention weights of every block: ``maps[stage][block]`` of shape ``(B, heads, N_q, N_kv)``.
+
+        Queries index the stage's ``H*W`` map (row-major) with the cls token first when the stage has one;
+        keys index the ``stride_kv``-subsampled map (cls first likewise).
+        """
+        self._check_input(x)
+        maps: list[list[Array]] = []
+        for stage in self.stages:
+            stage_maps: list[Array] = []
+            x, _ = stage(x, attn_maps=stage_maps)
+            maps.append(stage_maps)
+        return maps
+
+
+def jit_forward(model: CvT, method: str = "__call__", **options: Any) -> Callable[..., Any]:
+    """``model.<method>(x, **options)`` compiled with ``jax.jit``: the model is split once into a static graph
+    and its arrays, and each call merges them inside the compiled function (no NNX graph walk per call).
+    ``options`` are static (e.g. ``indices=``, ``intermediates_only=`` of :meth:`CvT.forward_intermediates`).
+
+    For inference: state changes made by the method (BatchNorm statistics in training mode) are dropped.
+    Later changes to ``model`` (new weights, ``train()``) are not seen: call again.
+    """
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def run(state: nnx.State, *args: Any) -> Any:
+        return getattr(nnx.merge(graphdef, state), method)(*args, **options)
+
+    return partial(run, state)

@@ -1,0 +1,115 @@
+"""Export a Keras CvT for serving: TensorFlow SavedModel and LiteRT (``.tflite``, builtin ops only).
+
+Both go through ``keras.Model.export`` and need the TensorFlow backend's tensorflow package (TF 2.16+).
+The signature is ``(None, H, W, C)`` float32 (``(None, C, H, W)`` for a channels-first model): any batch size,
+a fixed image size (``img_size`` of the config unless given), which is what LiteRT wants.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from ..core.errors import require
+from .classifier import CvTImageClassifier
+
+
+def input_spec(model: CvTImageClassifier, image_size: int | tuple[int, int] | None = None) -> Any:
+    """The export signature: ``InputSpec`` of ``(None, H, W, C)`` in the model's data format."""
+    cfg = model.cvt_config
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size or (cfg.img_size, cfg.img_size)
+    fmt = model.backbone.data_format
+    shape = (None, h, w, cfg.in_chans) if fmt == "channels_last" else (None, cfg.in_chans, h, w)
+    return [keras.InputSpec(shape=shape, dtype="float32")]
+
+
+def export_saved_model(
+    model: CvTImageClassifier, path: str | os.PathLike[str], image_size: int | tuple[int, int] | None = None
+) -> Path:
+    """A TF SavedModel directory with a ``serve`` endpoint (``tf.saved_model.load(path).serve(x)``)."""
+    require("tensorflow", "keras", "SavedModel export")
+    model.export(str(path), format="tf_saved_model", input_signature=input_spec(model, image_size), verbose=False)
+    return Path(path)
+
+
+def export_litert(
+    model: CvTImageClassifier, path: str | os.PathLike[str], image_size: int | tuple[int, int] | None = None
+) -> Path:
+    """A LiteRT flatbuffer (``.tflite``) with TFLite builtin ops only (no Flex / select-TF ops)."""
+    require("tensorflow", "keras", "LiteRT export")
+    model.export(str(path), format="litert", input_signature=input_spec(model, image_size), verbose=False)
+    return Path(path)
+
+
+def run_exported(path: str | os.PathLike[str], fmt: str) -> Any:
+    """A callable ``x (numpy) -> logits (numpy)`` over an exported SavedModel or LiteRT file."""
+    import numpy as np
+    import tensorflow as tf
+
+    if fmt == "saved-model":
+        served = tf.saved_model.load(str(path))
+        return lambda x: served.serve(x).numpy()
+    interp = tf.lite.Interpreter(model_path=str(path))
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        interp.resize_tensor_input(inp["index"], x.shape)
+        interp.allocate_tensors()
+        interp.set_tensor(inp["index"], x)
+        interp.invoke()
+        return interp.get_tensor(out["index"])
+
+    return run
+
+
+def export_verified(
+    model: CvTImageClassifier,
+    path: str | os.PathLike[str],
+    fmt: str,
+    image_size: int | None = None,
+    atol: float = 1e-4,
+    batch_sizes: tuple[int, ...] = (1, 3),
+) -> float:
+    """Export (``fmt``: ``"saved-model"`` or ``"litert"``) to a temporary path beside ``path``, reload it, compare
+    with Keras eager on random inputs of several batch sizes, and publish it at ``path`` only if every output is
+    within ``atol``. Returns the largest difference; raises :class:`~cvt.core.errors.CvtError` otherwise.
+    """
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from ..core.errors import CvtError
+    from ..core.files import check_writable
+
+    path = Path(path)
+    check_writable(path)  # before the slow trace
+    cfg = model.cvt_config
+    size = image_size or cfg.img_size
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        tmp = tmp_dir / path.name
+        (export_saved_model if fmt == "saved-model" else export_litert)(model, tmp, size)
+        run = run_exported(tmp, fmt)
+        rng = np.random.default_rng(0)
+        worst = 0.0
+        for b in batch_sizes:
+            shape = (b, size, size, cfg.in_chans)
+            if model.backbone.data_format == "channels_first":
+                shape = (b, cfg.in_chans, size, size)
+            x = rng.standard_normal(shape).astype(np.float32)
+            ref = keras.ops.convert_to_numpy(model(x, training=False))
+            worst = max(worst, float(np.abs(run(x) - ref).max()))
+        if not worst <= atol:
+            raise CvtError(
+                f"{path}: the {fmt} export differs from Keras eager by {worst:.2e} (> atol {atol}); not written"
+            )
+        if path.is_dir() and fmt == "saved-model":
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        return worst
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
