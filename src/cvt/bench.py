@@ -1,4 +1,4 @@
-"""Benchmark cvt-torch against HF transformers' CvT carrying the same weights.
+"""Benchmark cvt (PyTorch) against HF transformers' CvT carrying the same weights.
 
 Runs are interleaved (ours, peer, ours, peer, ...) in one process so both see the same machine state; the
 report gives medians, the ratio peer/ours (> 1: we are faster), the achieved GFLOP/s against a matmul peak

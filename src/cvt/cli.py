@@ -24,7 +24,7 @@ VERBS = {
     "info": ("models:run_info", "parameters, MACs (attention included) and feature shapes of a model"),
     "convert": (
         "convert:run_convert",
-        "convert weights between layouts (official .pth, HF directory, cvt-torch .safetensors)",
+        "convert weights between layouts (official .pth, HF directory, native .safetensors)",
     ),
     "predict": ("predict:run_predict", "classify images (top-k ImageNet or custom labels)"),
     "train": (
@@ -47,7 +47,7 @@ def build_parser(verbs: Collection[str] | None = None) -> argparse.ArgumentParse
     parser = argparse.ArgumentParser(
         prog="cvt", description="CvT (Convolutional vision Transformer): models, weights, prediction, training."
     )
-    parser.add_argument("--version", action="version", version=f"cvt-torch {__version__}")
+    parser.add_argument("--version", action="version", version=f"cvt-models {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for verb, (target, summary) in VERBS.items():
