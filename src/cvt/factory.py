@@ -18,6 +18,7 @@ from torch import nn
 from .core.config import CvTConfig
 from .core.spec import PretrainedSpec
 from .core.weights import resolve as core_resolve
+from .core.weights import with_overrides
 from .model import CvT
 from .weights.io import LoadedWeights, as_torch, load_pickle, load_state_dict
 
@@ -82,18 +83,7 @@ def create_model(
         mode if weights were loaded, else in train mode (as ``nn.Module`` builds it).
     """
     config, spec, loaded = resolve(name, weights=weights, pretrained=pretrained)
-    changes: dict[str, Any] = dict(overrides)
-    if activation is not None:
-        changes["activation"] = activation
-    if loaded is not None:
-        file_classes = loaded.state_dict["head.weight"].shape[0] if "head.weight" in loaded.state_dict else 0
-        changes.setdefault("num_classes", file_classes if num_classes is None else num_classes)
-    elif num_classes is not None:
-        changes["num_classes"] = num_classes
-    if changes:
-        config = config.replace(**changes)
-    if isinstance(spec.labels, tuple) and len(spec.labels) != config.num_classes:
-        spec = spec.replace(labels=None)  # a new head: the file's names no longer apply
+    config, spec = with_overrides(config, spec, loaded, num_classes=num_classes, activation=activation, **overrides)
 
     model = CvT(config)
     model.pretrained_cfg = spec

@@ -134,6 +134,16 @@ def _float_array(value: Any) -> Any:
     return arr if np.issubdtype(arr.dtype, np.floating) else None
 
 
+def _as_numpy(value: Any) -> Any:
+    """numpy for a framework tensor (torch's half floats widened to float32, as numpy has no bfloat16)."""
+    import numpy as np
+
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch here
+        value = value.detach().cpu()
+        return value.float().numpy() if value.is_floating_point() else value.numpy()
+    return np.asarray(value)
+
+
 def read_arrays(
     path: str | os.PathLike[str],
     *,
@@ -151,6 +161,8 @@ def read_arrays(
         sd, fmt = to_native(tensors)
     except ConversionError as e:
         raise WeightsError(f"{weight_file}: {e}") from None
+    if framework == "np":  # a pickle reader hands back framework tensors: numpy, as asked
+        sd = {k: _as_numpy(v) for k, v in sd.items()}
     if check:
         check_values(sd, weight_file)
     out = LoadedArrays(sd, fmt, weight_file)
@@ -221,6 +233,35 @@ def resolve(
     else:
         spec = default_spec(config)
     return config, spec, loaded
+
+
+def with_overrides(
+    config: CvTConfig,
+    spec: PretrainedSpec,
+    loaded: LoadedArrays | None,
+    *,
+    num_classes: int | None = None,
+    activation: str | None = None,
+    **overrides: Any,
+) -> tuple[CvTConfig, PretrainedSpec]:
+    """The architecture a front-end builds for :func:`resolve`'s result and the caller's changes.
+
+    ``num_classes``: ``None`` keeps the file's head size (0 without a head); another number means a fresh head, and
+    then the file's class names no longer describe the outputs, so the spec drops them.
+    """
+    changes: dict[str, Any] = dict(overrides)
+    if activation is not None:
+        changes["activation"] = activation
+    if loaded is not None:
+        file_classes = loaded.state_dict["head.weight"].shape[0] if "head.weight" in loaded.state_dict else 0
+        changes.setdefault("num_classes", file_classes if num_classes is None else num_classes)
+    elif num_classes is not None:
+        changes["num_classes"] = num_classes
+    if changes:
+        config = config.replace(**changes)
+    if isinstance(spec.labels, tuple) and len(spec.labels) != config.num_classes:
+        spec = spec.replace(labels=None)
+    return config, spec
 
 
 def save_native_arrays(

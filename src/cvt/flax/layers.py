@@ -235,7 +235,8 @@ class Attention(nnx.Module):
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
-        method: str = "dw_bn",
+        q_method: str = "dw_bn",
+        kv_method: str = "dw_bn",
         kernel_size: int = 3,
         stride_q: int = 1,
         stride_kv: int = 2,
@@ -250,10 +251,9 @@ class Attention(nnx.Module):
         self.dim, self.num_heads = dim, num_heads
         self.scale = dim**-0.5  # NOTE: full width, CvT's choice
         self.with_cls_token = with_cls_token
-        q_method = "linear" if method == "avg" else method  # official: avg pools k and v only
         self.conv_proj_q = build_projection(q_method, dim, kernel_size, stride_q, padding_q, rngs)
-        self.conv_proj_k = build_projection(method, dim, kernel_size, stride_kv, padding_kv, rngs)
-        self.conv_proj_v = build_projection(method, dim, kernel_size, stride_kv, padding_kv, rngs)
+        self.conv_proj_k = build_projection(kv_method, dim, kernel_size, stride_kv, padding_kv, rngs)
+        self.conv_proj_v = build_projection(kv_method, dim, kernel_size, stride_kv, padding_kv, rngs)
         self.proj_q = linear(dim, dim, use_bias=qkv_bias, init=init, rngs=rngs)
         self.proj_k = linear(dim, dim, use_bias=qkv_bias, init=init, rngs=rngs)
         self.proj_v = linear(dim, dim, use_bias=qkv_bias, init=init, rngs=rngs)

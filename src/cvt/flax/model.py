@@ -53,7 +53,8 @@ class CvTStage(nnx.Module):
                 init=init,
                 qkv_bias=cfg.qkv_bias,
                 attn_drop=cfg.attn_drop_rate,
-                method=cfg.qkv_proj_method,
+                q_method=cfg.q_method,  # the core's rule: avg pools keys and values only
+                kv_method=cfg.qkv_proj_method,
                 kernel_size=cfg.kernel_qkv,
                 stride_q=cfg.stride_q,
                 stride_kv=cfg.stride_kv,

@@ -128,32 +128,19 @@ def from_state_dict(config: CvTConfig, sd: Mapping[str, Any], *, seed: int = 0, 
     return model
 
 
-def _read_pickle_with_torch(path: Path) -> Any:
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def torch_pickle_reader() -> Any:
-    """A ``.pth`` / ``.bin`` reader when torch is importable, else ``None`` (the core then says what to do)."""
+    """PyTorch's safe pickle reader (:func:`cvt.weights.io.load_pickle`: ``weights_only``, code refused) when torch
+    is importable, else ``None`` (the core then says how to convert the file)."""
     try:
-        import torch  # noqa: F401
+        from ..weights.io import load_pickle
     except ImportError:
         return None
-    return _read_pickle_with_torch
+    return load_pickle
 
 
 def read_weights(path: str | os.PathLike[str]) -> LoadedArrays:
     """Any weight file the core reads, as numpy in the native layout (``.pth`` only with torch installed)."""
-    loaded = read_arrays(path, read_pickle=torch_pickle_reader())
-    loaded.state_dict = {k: _to_numpy(v) for k, v in loaded.state_dict.items()}
-    return loaded
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor from a pickle
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
+    return read_arrays(path, read_pickle=torch_pickle_reader())
 
 
 def create_model(
@@ -190,7 +177,7 @@ def create_model(
         # jit-compiling the whole constructor measured slower still (one large RNG program).
         model = CvT(config, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
     else:
-        sd = {k: _to_numpy(v) for k, v in loaded.state_dict.items()}
+        sd = loaded.state_dict
         file_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
         model = from_state_dict(config.replace(num_classes=file_classes), sd, seed=seed + 1, source=loaded.path)
     if num_classes is not None and num_classes != model.num_classes:

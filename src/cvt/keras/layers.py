@@ -280,7 +280,8 @@ class Attention(keras.layers.Layer):
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
-        method: str = "dw_bn",
+        q_method: str = "dw_bn",
+        kv_method: str = "dw_bn",
         kernel_size: int = 3,
         stride_q: int = 1,
         stride_kv: int = 2,
@@ -295,10 +296,9 @@ class Attention(keras.layers.Layer):
             raise ValueError(f"num_heads: {num_heads} heads do not divide dim {dim}")
         self.dim, self.num_heads, self.with_cls_token = dim, num_heads, with_cls_token
         self.scale = dim**-0.5  # NOTE: full width, CvT's choice; head_dim ** -0.5 would be a silent mismatch
-        q_method = "linear" if method == "avg" else method  # official: avg pools k and v only
         self.conv_proj_q = ConvProjection(q_method, kernel_size, stride_q, padding_q, name="conv_proj_q")
-        self.conv_proj_k = ConvProjection(method, kernel_size, stride_kv, padding_kv, name="conv_proj_k")
-        self.conv_proj_v = ConvProjection(method, kernel_size, stride_kv, padding_kv, name="conv_proj_v")
+        self.conv_proj_k = ConvProjection(kv_method, kernel_size, stride_kv, padding_kv, name="conv_proj_k")
+        self.conv_proj_v = ConvProjection(kv_method, kernel_size, stride_kv, padding_kv, name="conv_proj_v")
         self.proj_q = dense(dim, "proj_q", qkv_bias, init)
         self.proj_k = dense(dim, "proj_k", qkv_bias, init)
         self.proj_v = dense(dim, "proj_v", qkv_bias, init)
@@ -311,7 +311,8 @@ class Attention(keras.layers.Layer):
             qkv_bias=qkv_bias,
             attn_drop=attn_drop,
             proj_drop=proj_drop,
-            method=method,
+            q_method=q_method,
+            kv_method=kv_method,
             kernel_size=kernel_size,
             stride_q=stride_q,
             stride_kv=stride_kv,
@@ -418,7 +419,8 @@ class Block(keras.layers.Layer):
             qkv_bias=s.qkv_bias,
             attn_drop=s.attn_drop_rate,
             proj_drop=s.drop_rate,
-            method=s.qkv_proj_method,
+            q_method=s.q_method,  # the core's rule: avg pools keys and values only
+            kv_method=s.qkv_proj_method,
             kernel_size=s.kernel_qkv,
             stride_q=s.stride_q,
             stride_kv=s.stride_kv,

@@ -34,7 +34,7 @@ import numpy as np
 from ..core.config import CvTConfig
 from ..core.errors import WeightsError
 from ..core.spec import PretrainedSpec
-from ..core.weights import PickleReader, resolve, save_native_arrays
+from ..core.weights import PickleReader, resolve, save_native_arrays, with_overrides
 from .backbone import CvTBackbone
 from .classifier import CvTImageClassifier
 from .layers import skip_init
@@ -158,17 +158,6 @@ def _pickle_reader() -> PickleReader | None:
     return load_pickle
 
 
-def _to_numpy(sd: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """numpy values (torch tensors from a pickle become numpy; bf16/fp16 files keep their floats as float32)."""
-    out = {}
-    for k, v in sd.items():
-        if hasattr(v, "detach"):
-            v = v.detach().cpu()
-            v = v.float().numpy() if v.is_floating_point() else v.numpy()
-        out[k] = np.asarray(v)
-    return out
-
-
 def create_model(
     name: str | CvTConfig | None = None,
     *,
@@ -201,18 +190,7 @@ def create_model(
         The model (``model.pretrained_cfg``: preprocessing and labels; ``model.load_notes``: what loading noted).
     """
     config, spec, loaded = resolve(name, weights=weights, pretrained=pretrained, read_pickle=_pickle_reader())
-    changes: dict[str, Any] = dict(overrides)
-    if activation is not None:
-        changes["activation"] = activation
-    if loaded is not None:
-        file_classes = loaded.state_dict["head.weight"].shape[0] if "head.weight" in loaded.state_dict else 0
-        changes.setdefault("num_classes", file_classes if num_classes is None else num_classes)
-    elif num_classes is not None:
-        changes["num_classes"] = num_classes
-    if changes:
-        config = config.replace(**changes)
-    if isinstance(spec.labels, tuple) and len(spec.labels) != config.num_classes:
-        spec = spec.replace(labels=None)  # a new head: the file's names no longer apply
+    config, spec = with_overrides(config, spec, loaded, num_classes=num_classes, activation=activation, **overrides)
     with skip_init() if loaded is not None else contextlib.nullcontext():  # weights overwrite the init
         backbone = CvTBackbone(config, data_format=data_format, name="backbone")
     model = CvTImageClassifier(
@@ -224,7 +202,7 @@ def create_model(
     )
     model.load_notes = []
     if loaded is not None:
-        model.load_notes = load_state_dict(model, _to_numpy(loaded.state_dict), source=loaded.path)
+        model.load_notes = load_state_dict(model, loaded.state_dict, source=loaded.path)
     return model
 
 
@@ -257,4 +235,4 @@ def load_weights(
     from ..core.weights import read_arrays
 
     loaded = read_arrays(path, read_pickle=_pickle_reader(), check=check)
-    return load_state_dict(model, _to_numpy(loaded.state_dict), source=loaded.path)
+    return load_state_dict(model, loaded.state_dict, source=loaded.path)
