@@ -3,7 +3,9 @@
     python benchmarks/bench_keras.py [--model cvt-13] [--size 224] [--batches 1 32] [--backends tensorflow jax]
 
 Each Keras backend runs in its own subprocess (``KERAS_BACKEND``): TensorFlow with XLA (``jit_compile=True``
-``tf.function``), JAX (``jax.jit`` of ``stateless_call``). cvt-torch runs eager, in eval mode under
+``tf.function``, what ``model.predict`` uses), TensorFlow as a plain graph (``tf-graph``: ``tf.function`` without
+XLA, oneDNN kernels), JAX (``jax.jit`` of ``stateless_call``), torch (Keras' torch backend, eager: ``--backends
+torch``). cvt-torch runs eager, in eval mode under
 ``torch.inference_mode``. All load the same native safetensors (random weights, written once). Reports the median
 of ``--repeats`` timed runs after ``--warmup`` runs, and checks that the logits agree (max abs diff).
 """
@@ -31,7 +33,7 @@ model = ck.create_model(weights=args["weights"])
 backend = keras.backend.backend()
 if backend == "tensorflow":
     import tensorflow as tf
-    fn = tf.function(lambda x: model(x, training=False), jit_compile=True)
+    fn = tf.function(lambda x: model(x, training=False), jit_compile=args["xla"])
     run = lambda x: fn(x).numpy()
 elif backend == "jax":
     import jax
@@ -48,7 +50,7 @@ for b in args["batches"]:
     times = []
     for _ in range(args["repeats"]):
         t = time.perf_counter(); y = run(x); times.append(time.perf_counter() - t)
-    np.save(args["inputs"][str(b)] + f".{backend}.npy", y)
+    np.save(args["inputs"][str(b)] + f".{args['label']}.npy", y)
     out[b] = b / float(np.median(times))
 print(json.dumps(out))
 """
@@ -81,7 +83,7 @@ def main() -> None:
     ap.add_argument("--model", default="cvt-13")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
-    ap.add_argument("--backends", nargs="+", default=["tensorflow", "jax"])
+    ap.add_argument("--backends", nargs="+", default=["tensorflow", "tf-graph", "jax"])
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args()
@@ -102,7 +104,7 @@ def main() -> None:
     for b in args.batches:
         inputs[b] = str(tmp / f"x{b}.npy")
         np.save(inputs[b], rng.standard_normal((b, 3, args.size, args.size)).astype(np.float32))
-    rows = {"cvt-torch eager": torch_speed(weights, inputs, args.warmup, args.repeats)}
+    rows = {("cvt-torch eager", "torch"): torch_speed(weights, inputs, args.warmup, args.repeats)}
     job = {
         "weights": str(weights),
         "inputs": {str(b): p for b, p in inputs.items()},
@@ -110,21 +112,24 @@ def main() -> None:
         "warmup": args.warmup,
         "repeats": args.repeats,
     }
-    for backend in args.backends:
+    labels = {"tensorflow": "keras/tensorflow xla", "tf-graph": "keras/tensorflow graph", "jax": "keras/jax jit"}
+    for name in args.backends:
+        backend = "tensorflow" if name == "tf-graph" else name
+        label = labels.get(name, f"keras/{name} eager")
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps(job)], capture_output=True, text=True, env=env)
+        cmd = [sys.executable, "-c", WORKER, json.dumps({**job, "xla": name == "tensorflow", "label": f"keras-{name}"})]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode:
-            print(f"{backend}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
-        label = "keras/tensorflow xla" if backend == "tensorflow" else f"keras/{backend} jit"
-        rows[label] = {int(k): v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+        speeds = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows[(label, f"keras-{name}")] = {int(k): v for k, v in speeds.items()}
     print(f"{args.model} at {args.size}, torch threads {torch.get_num_threads()}: images/s (max |logit diff| vs torch)")
     print(f"{'':24s}" + "".join(f"{'batch ' + str(b):>22s}" for b in args.batches))
-    for label, speeds in rows.items():
+    for (label, suffix), speeds in rows.items():
         cells = []
         for b in args.batches:
             ref = np.load(inputs[b] + ".torch.npy")
-            suffix = "torch" if label == "cvt-torch eager" else label.split("/")[1].split()[0]
             diff = float(np.abs(np.load(inputs[b] + f".{suffix}.npy") - ref).max())
             cells.append(f"{speeds[b]:10.1f} ({diff:.1e})")
         print(f"{label:24s}" + "".join(f"{c:>22s}" for c in cells))

@@ -1,6 +1,6 @@
 """Train the Keras CvT on scikit-learn's digits: the PyTorch demo's model and split, with ``compile`` / ``fit``.
 
-    KERAS_BACKEND=tensorflow python examples/keras_digits.py [--epochs 40] [--backend-jit]
+    KERAS_BACKEND=tensorflow python examples/keras_digits.py [--epochs 40] [--out digits_keras.safetensors]
 
 The data: scikit-learn's 1,797 8x8 digits, grey levels scaled to 0..255, the same fixed stratified 20% held-out
 split as ``cvt train`` (``cvt.data.datasets.digits_split``: ``train_test_split(stratify=target, random_state=0)``,

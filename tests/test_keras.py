@@ -53,6 +53,8 @@ PARITY = [
     ("linear_64x96", "linear", (1, 3, 64, 96), {}),
     ("nocls_avg_80x64", "nocls", (2, 3, 80, 64), {}),
 ]
+# also run under tf.function(jit_compile=True) on TensorFlow (depthwise as shifted slices; JAX always compiles)
+XLA_TOO = ("dw_bn_224_b2", "dw_bn_96x160")
 
 
 # ---------------------------------------------------------------------------- reference side (torch)
@@ -251,6 +253,8 @@ def _nhwc(x: np.ndarray, model) -> np.ndarray:
 
 
 def task_parity(root: Path, out: Path, job: dict) -> dict:
+    import keras
+
     import cvt.keras as ck
 
     diffs, models = {}, {}
@@ -261,6 +265,11 @@ def task_parity(root: Path, out: Path, job: dict) -> dict:
         model = models[key]
         x, y = np.load(root / f"{case['name']}_x.npy"), np.load(root / f"{case['name']}_y.npy")
         diffs[case["name"]] = float(np.abs(_predict(model, _nhwc(x, model)) - y).max())
+        if case["name"] in XLA_TOO and keras.backend.backend() == "tensorflow":  # the shifted-slice depthwise path
+            import tensorflow as tf
+
+            xla = tf.function(lambda t, m=model: m(t, training=False), jit_compile=True)
+            diffs[case["name"] + "_xla"] = float(np.abs(xla(_nhwc(x, model)).numpy() - y).max())
     hf = ck.create_model(weights=root / "hf")  # an HF directory: activation "gelu" from its config
     diffs["hf_gelu"] = float(
         np.abs(_predict(hf, np.load(root / "hf_x.npy").transpose(0, 2, 3, 1)) - np.load(root / "hf_y.npy")).max()
@@ -418,7 +427,7 @@ def test_logits_equal_cvt_torch(run):
     """Same random weights: Keras logits equal cvt-torch's (dw_bn / avg / linear, 224 b1+b2, 384, non-square,
     channels_first, mean pooling) and HF's CvT with activation="gelu"."""
     res = _ok(run, "parity")
-    assert len(res["diffs"]) == len(PARITY) + 1
+    assert len(res["diffs"]) == len(PARITY) + 1 + (len(XLA_TOO) if run["backend"] == "tensorflow" else 0)
     bad = {k: v for k, v in res["diffs"].items() if not v <= TOL}
     assert not bad, bad
     assert res["hf_activation"] == "gelu"

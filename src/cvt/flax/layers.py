@@ -165,9 +165,29 @@ class ConvProjection(nnx.Module):
             rngs=rngs,
         )
         self.bn = BatchNorm(dim)
+        self.stride, self.padding = stride, padding
 
     def __call__(self, x: Array) -> Array:
-        return self.bn(self.conv(x))
+        return self.bn(depthwise_conv(x, self.conv.kernel.value, self.stride, self.padding))
+
+
+def depthwise_conv(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+    """``nnx.Conv(feature_group_count=C)`` with a ``(k, k, 1, C)`` kernel and symmetric ``padding``, computed as
+    ``k*k`` strided slices of the padded map times one weight each, summed: ``(B, H, W, C) -> (B, H', W', C)``.
+
+    Why: XLA's CPU backend lowers a one-channel-per-group convolution to a generic loop, 20-30x slower than a
+    fused multiply-add over slices (measured on (32, 56, 56, 64): 264 ms vs 9 ms); on GPU both are fine. Same
+    result up to float summation order; the ``conv`` module keeps the parameter and its name.
+    """
+    k = kernel.shape[0]
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    h, w = x.shape[1] - k + 1, x.shape[2] - k + 1  # window starts along each axis (before the stride)
+    out = None
+    for i in range(k):
+        for j in range(k):
+            tap = x[:, i : i + h : stride, j : j + w : stride, :] * kernel[i, j, 0]
+            out = tap if out is None else out + tap
+    return out
 
 
 def _ceil_counts(size: int, kernel: int, stride: int, padding: int) -> np.ndarray:
