@@ -1,7 +1,9 @@
 """Benchmark cvt-torch against HF transformers' CvT (same weights, interleaved runs, one invocation).
 
 Writes ``benchmarks/results/<model>-<device>-<precision>.{json,md}`` and prints the Markdown table that the
-README quotes. Same as ``cvt bench`` with the README's settings:
+README quotes. Same as ``cvt bench`` with the README's settings. Two ratios of HF time to ours (> 1: ours is
+faster): "same math" (ours built with ``activation="gelu"``, the exact GELU HF computes: the implementations
+compared) and "defaults" (ours as shipped, QuickGELU: what a user switching libraries sees):
 
     .venv/bin/python benchmarks/bench_vs_hf.py                    # cvt-13, the four default cases, 5 repeats
     .venv/bin/python benchmarks/bench_vs_hf.py --compile --onnx   # + torch.compile and onnxruntime columns
@@ -17,6 +19,8 @@ import sys
 from pathlib import Path
 
 from cvt.bench import DEFAULT_CASES, format_table, run_benchmark
+from cvt.core.errors import CvtError
+from cvt.core.files import check_writable, write_text
 
 
 def main() -> int:
@@ -30,6 +34,9 @@ def main() -> int:
     p.add_argument("--amp", choices=("fp16", "bf16"), default=None)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
+    stem = args.out / f"{args.model}-{args.device}-{args.amp or 'fp32'}"
+    for path in (stem.with_suffix(".json"), stem.with_suffix(".md")):  # refuse now, not after the minutes of timing
+        check_writable(path)
     report = run_benchmark(
         args.model,
         args.cases,
@@ -42,12 +49,14 @@ def main() -> int:
     )
     table = format_table(report)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{args.model}-{report.device}-{report.precision}"
-    stem.with_suffix(".json").write_text(report.to_json() + "\n")
-    stem.with_suffix(".md").write_text(table + "\n")
+    write_text(stem.with_suffix(".json"), report.to_json() + "\n")
+    write_text(stem.with_suffix(".md"), table + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (CvtError, ValueError) as e:  # a bad case, model, device or destination: one line, as `cvt bench`
+        print(f"bench_vs_hf: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code if isinstance(e, CvtError) else 2)

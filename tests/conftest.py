@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,3 +103,24 @@ def tiny_recipe(out, **sections) -> dict:
     for section, values in sections.items():
         r.setdefault(section, {}).update(values)
     return r
+
+
+@contextlib.contextmanager
+def read_only_dir(path: Path) -> Iterator[bool]:
+    """Make the directory ``path`` unwritable for this process: mode 0o555, and the immutable flag when running as
+    root (root ignores mode bits, not that flag). Yields whether writing into it now fails; restores it after."""
+    os.chmod(path, 0o555)
+    immutable = os.geteuid() == 0 and _chattr("+i", path)
+    try:
+        yield not os.access(path, os.W_OK)
+    finally:
+        if immutable:
+            _chattr("-i", path)
+        os.chmod(path, 0o755)
+
+
+def _chattr(flag: str, path: Path) -> bool:
+    try:
+        return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+    except OSError:
+        return False

@@ -18,10 +18,16 @@ VERBS = ["list", "info", "convert", "predict", "train", "eval", "export", "bench
 
 
 def _help(capsys, *argv: str) -> str:
-    with pytest.raises(SystemExit) as e:
-        main([*argv, "--help"])
-    assert e.value.code == 0
+    assert main([*argv, "--help"]) == 0  # argparse exits; main returns its status (also in-process)
     return capsys.readouterr().out
+
+
+def test_usage_errors_are_one_line_without_the_usage_block(capsys):
+    assert main(["predict", "x.png", "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["cvt predict: error: argument --batch-size: must be >= 1, got 0 (see cvt predict --help)"]
+    assert main(["nope"]) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
 
 
 def test_help_lists_verbs(capsys):
@@ -164,3 +170,35 @@ def test_without_torch_the_core_verbs_work_and_the_others_say_what_to_install():
     r = subprocess.run([sys.executable, "-c", code, "predict", "cat.jpg"], capture_output=True, text=True)
     expected = "cvt predict: error: needs torch, which is not installed: pip install 'cvt-models[torch]'\n"
     assert r.returncode == 1 and r.stderr == expected
+
+
+def test_an_unforeseen_exception_is_one_line_and_debug_keeps_the_traceback(monkeypatch, capsys):
+    import cvt.commands.models as models
+
+    def broken(pretrained=False):
+        raise RuntimeError("something nobody checked for\nsecond line")
+
+    monkeypatch.setattr(models, "list_models", broken)
+    assert main(["list"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["cvt list: error: RuntimeError: something nobody checked for (rerun with --debug for the traceback)"]
+    with pytest.raises(RuntimeError, match="nobody checked"):
+        main(["--debug", "list"])
+
+
+def test_an_error_from_a_dataloader_worker_prints_its_own_message():
+    """PyTorch re-raises a worker's exception with the worker's traceback inside the message; the CLI's one line
+    is the original message."""
+    from cvt.core.errors import DataError, first_line
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            raise DataError("a.png: truncated")
+
+    with pytest.raises(DataError) as info:
+        list(torch.utils.data.DataLoader(Broken(), num_workers=1))
+    assert "Original Traceback" in str(info.value)
+    assert first_line(info.value) == "a.png: truncated"

@@ -1,9 +1,14 @@
 """Key conversion is data: round trips are exact and every key of every layout is explained."""
 
+import os
+import stat
+from pathlib import Path
+
 import pytest
 import torch
 
 import cvt
+from cvt.cli import main
 from cvt.core.keys import ConversionError, convert_state_dict, detect_format, rename_key, to_native
 from cvt.model import CvT
 
@@ -76,3 +81,119 @@ def test_unexplained_keys_are_errors():
                            "official", "hf")  # fmt: skip
     with pytest.raises(ConversionError, match="not a CvT state dict"):
         detect_format({"conv1.weight": 1, "fc.weight": 2})
+
+
+# ---------------------------------------------------------------------------- cvt convert: destinations, HF limits
+@pytest.fixture
+def tiny_file(tmp_path):
+    from cvt.weights.io import save_native
+
+    model = cvt.create_model("cvt-tiny").eval()
+    return save_native(model.state_dict(), model.config, tmp_path / "src" / "tiny.safetensors")
+
+
+def _temps(root):
+    return sorted(str(p) for p in root.rglob(".*") if ".tmp" in p.name)
+
+
+def _fingerprint(root):
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = os.lstat(p)
+        out[str(p)] = (stat.S_IFMT(st.st_mode), p.read_bytes() if stat.S_ISREG(st.st_mode) else None)
+    return out
+
+
+# (destination kind, layout, what the one line says); every row also runs with --force
+DESTINATIONS = [
+    ("directory", "native", "is a directory"),
+    ("directory", "official", "is a directory"),
+    ("fifo", "native", "not a regular file"),
+    ("fifo", "hf", "not a directory"),
+    ("file", "hf", "not a directory"),
+    ("under-a-file", "official", "is not a directory"),
+    ("under-a-file", "hf", "is not a directory"),
+    ("under-read-only", "native", "permission denied"),
+    ("under-read-only", "hf", "permission denied"),
+]
+
+
+@pytest.mark.parametrize("kind, to, says", DESTINATIONS, ids=[f"{k}-{t}" for k, t, _ in DESTINATIONS])
+def test_unusable_destinations_are_refused_before_the_work(tiny_file, tmp_path, capsys, monkeypatch, kind, to, says):
+    if kind == "under-read-only" and os.geteuid() == 0:
+        pytest.skip("root writes through permission bits")
+    out = tmp_path / "out"
+    out.mkdir()
+    name = {"native": "x.safetensors", "official": "x.pth", "hf": "x"}[to]  # a file, a file, a directory
+    (out / "afile").write_text("a file\n")
+    (out / "ro").mkdir()
+    os.chmod(out / "ro", 0o555)
+    try:
+        dest = {
+            "directory": out / name,
+            "fifo": out / name,
+            "file": out / name,
+            "under-a-file": out / "afile" / name,
+            "under-read-only": out / "ro" / name,
+        }[kind]
+        if kind == "directory":
+            dest.mkdir()
+        elif kind == "fifo":
+            os.mkfifo(dest)
+        elif kind == "file":
+            dest.write_text("a file\n")
+        before = _fingerprint(out)
+
+        def no_work(*a, **k):  # the destination is checked before the weights are even read
+            raise AssertionError("the conversion ran before the destination was checked")
+
+        monkeypatch.setattr("cvt.commands.convert.create_model", no_work)
+        for force in ([], ["--force"]):
+            assert main(["convert", str(tiny_file), str(dest), "--to", to, *force]) == 1
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and err.startswith(f"cvt convert: error: {dest}: ") and says in err, err
+            assert _fingerprint(out) == before and _temps(tmp_path) == []
+    finally:
+        os.chmod(out / "ro", 0o755)
+
+
+@pytest.mark.parametrize("to, name", [("native", "link.safetensors"), ("official", "link.pth"), ("hf", "link")])
+def test_symlinked_destination_is_written_through(tiny_file, tmp_path, capsys, to, name):
+    target = tmp_path / ("real" if to == "hf" else "real" + Path(name).suffix)
+    if to == "hf":
+        target.mkdir()
+    else:
+        target.write_bytes(b"old")
+    link = tmp_path / name
+    link.symlink_to(target)
+    assert main(["convert", str(tiny_file), str(link), "--to", to, "--force"]) == 0
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert cvt.create_model(weights=target).config.stages == cvt.get_config("cvt-tiny").stages
+    assert _temps(tmp_path) == []
+
+
+def test_hf_refuses_what_transformers_cannot_run_and_leaves_nothing(tmp_path, capsys):
+    """cvt-digits has 2 blocks in stage 2: transformers' CvT indexes drop-path rates by stage and cannot build it."""
+    from cvt.weights.io import save_native
+
+    digits = cvt.create_model("cvt-digits")
+    save_native(digits.state_dict(), digits.config, tmp_path / "digits.safetensors")
+    assert main(["convert", str(tmp_path / "digits.safetensors"), str(tmp_path / "new" / "hf"), "--to", "hf"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write an HF directory: stage 2 has 2 block(s)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.safetensors"]  # no directory, no temporary
+
+
+def test_hf_of_a_quick_gelu_model_says_what_transformers_computes(tiny_file, tmp_path, capsys):
+    """transformers always computes exact GELU: converting a quick_gelu model (every official checkpoint) is
+    allowed, as the hub's copies were made, with one note; --activation gelu accepts it; quick_gelu is refused."""
+    assert main(["convert", str(tiny_file), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"wrote {tmp_path / 'hf'}") and err.count("\n") == 1
+    assert err.startswith("cvt convert: note: ") and "runs quick_gelu, but transformers' CvT computes gelu" in err
+    assert main(["convert", str(tiny_file), str(tmp_path / "hf2"), "--to", "hf", "--activation", "gelu"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["convert", str(tiny_file), str(tmp_path / "hf3"), "--to", "hf", "--activation", "quick_gelu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--activation quick_gelu: an HF directory records no activation" in err
+    assert not (tmp_path / "hf3").exists()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -10,9 +14,12 @@ import torch
 from PIL import Image
 
 import cvt
+import cvt.commands.eval as eval_command
+import cvt.train.plots
+from conftest import read_only_dir
 from cvt.cli import main
 from cvt.core.labels import imagenet_wnids
-from cvt.data.datasets import DataError, eval_source, map_eval_classes
+from cvt.data.datasets import DataError, EvalFiles, eval_source, map_eval_classes
 from cvt.eval import evaluate
 from cvt.factory import resolve
 from cvt.weights.io import save_native
@@ -45,20 +52,64 @@ def test_evaluate_metrics():
     assert twice["confusion"][2] == [0, 2, 2, 0, 0, 0]
 
 
+LABELS = ("cat", "dog", "fox")
+
+
 def test_class_folders_map_to_the_model_classes():
     wnids = imagenet_wnids()
     # ImageNet val by synset id: the standard order, even for a subset of the classes
     assert map_eval_classes([wnids[281], wnids[0]], 1000) == {wnids[281]: 281, wnids[0]: 0}
+    assert map_eval_classes([wnids[281]], 1000, "imagenet-1k").rule == "synset"  # a released checkpoint's labels
     # ImageNet-V2: folders named 0..999
     assert map_eval_classes(["0", "10", "999"], 1000) == {"0": 0, "10": 10, "999": 999}
-    # a model trained here: its own labels, whatever the order of the folders
+    # a model trained here: its own labels, whatever the order of the folders, any subset of them
     assert map_eval_classes(["dog", "cat"], 2, ["cat", "dog"]) == {"cat": 0, "dog": 1}
+    by_name = map_eval_classes(["fox", "dog"], 3, LABELS)
+    assert by_name == {"fox": 2, "dog": 1} and by_name.rule == "labels" and by_name.note is None
+    assert map_eval_classes(["2", "0"], 3, LABELS) == {"2": 2, "0": 0}  # integer folders: indices
+    # the digits model's labels are its indices: integer folders still work, by name or by index alike
+    assert map_eval_classes(["3", "7"], 10, [str(i) for i in range(10)]) == {"3": 3, "7": 7}
+    # real labels that are integers are names, not indices
+    assert map_eval_classes(["20"], 2, ["10", "20"]) == {"20": 1}
+    with pytest.raises(DataError, match="match none of the model's labels: 5 "):
+        map_eval_classes(["5"], 2, ["10", "20"])
     with pytest.raises(DataError, match="not a class index"):
         map_eval_classes(["0", "12"], 10)
-    with pytest.raises(DataError, match="not an ImageNet-1k synset"):
+    with pytest.raises(DataError, match="not ImageNet-1k synsets: n00000001"):
         map_eval_classes(["n00000001"], 1000)
-    with pytest.raises(DataError, match="cannot map 3 class folders"):
-        map_eval_classes(["a", "b", "c"], 2, ["x", "y"])
+    with pytest.raises(DataError, match="'crane' names more than one"):  # two ImageNet classes share the name
+        map_eval_classes(["crane"], 1000, "imagenet-1k")
+
+
+def test_a_model_with_names_never_falls_back_to_sorted_order():
+    """The issue: a cat/dog/fox model on folders dog/fox/wolf mapped them by position (dog->0 ...) and scored 0%."""
+    with pytest.raises(DataError, match=r"1 of 3 match none of the model's labels: wolf \(the model's 3 labels: cat"):
+        map_eval_classes(["dog", "fox", "wolf"], 3, LABELS)
+    with pytest.raises(DataError, match="match none"):  # a mix of names and indices is refused too
+        map_eval_classes(["dog", "0"], 3, LABELS)
+    with pytest.raises(DataError, match="match none"):  # ImageNet names: synsets or indices, not 1000 other names
+        map_eval_classes([f"c{i:04d}" for i in range(1000)], 1000, "imagenet-1k")
+    with pytest.raises(
+        DataError, match=r"match none of the model's labels: a, b, c, d, e, f, g, h, i, j \.\.\. \(12 in all\)"
+    ):
+        map_eval_classes(list("abcdefghijkl"), 12, [f"name{i}" for i in range(12)])
+
+
+@pytest.mark.parametrize(
+    "labels, why",
+    [
+        (None, "the model has no class names"),
+        (("LABEL_0", "LABEL_1", "LABEL_2"), "named by index only"),  # HF's placeholders
+        (("0", "1", "2"), "named by index only"),
+        (("x", "y"), "the model has no class names"),  # names for another head size describe nothing here
+    ],
+)
+def test_only_a_model_without_names_maps_by_sorted_position_and_says_so(labels, why):
+    mapping = map_eval_classes(["c", "a", "b"], 3, labels)
+    assert mapping == {"a": 0, "b": 1, "c": 2} and mapping.rule == "sorted"
+    assert why in mapping.note and mapping.note.endswith("sorted order: a->0, b->1, c->2")
+    with pytest.raises(DataError, match="cannot map 2 class folders"):  # not one per class: no guess at all
+        map_eval_classes(["a", "b"], 3, labels)
 
 
 def test_preprocessing_comes_from_the_checkpoint(tmp_path):
@@ -124,12 +175,206 @@ def test_cvt_eval_errors(tmp_path, capsys):
     assert "cannot map 2 class folders" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------------------- by name, through the command
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """``fox.safetensors``: a cat/dog/fox model that always answers fox; ``nameless.safetensors``: the same
+    without class names; image folders ``fox_dog/{fox,dog}``, ``wolf/{dog,fox,wolf}``, ``abc/{a,b,c}``; a file
+    ``afile``, a directory ``adir`` and an empty folder ``empty`` as odd destinations and data."""
+    w = tmp_path_factory.mktemp("eval")
+    model = cvt.create_model("cvt-tiny", num_classes=3).eval()
+    with torch.no_grad():  # whatever the image: logits (0, 0, 10), i.e. "fox"
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([0.0, 0.0, 10.0]))
+    pre = cvt.EvalPreprocess(img_size=32, crop_pct=1.0)
+    save_native(model.state_dict(), model.config, w / "fox.safetensors", cvt.PretrainedSpec(pre, labels=LABELS))
+    save_native(model.state_dict(), model.config, w / "nameless.safetensors", cvt.PretrainedSpec(pre))
+    for folder, classes in (("fox_dog", ("fox", "dog")), ("wolf", ("dog", "fox", "wolf")), ("abc", "abc")):
+        for c in classes:
+            (w / folder / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (40, 36), (60 * i, 90, 200)).save(w / folder / c / f"{i}.png")
+    (w / "afile").write_text("a file, not a directory\n")
+    (w / "adir").mkdir()
+    (w / "empty").mkdir()
+    (w / "corrupt" / "fox").mkdir(parents=True)
+    (w / "corrupt" / "fox" / "bad.png").write_bytes(b"\x89PNG not really")
+    return w
+
+
+def _eval(w: Path, data: str, weights: str, *extra: str) -> list[str]:
+    return ["eval", str(w / data), "--weights", str(w / weights), "--workers", "0", *extra]
+
+
+def test_cvt_eval_maps_folders_by_the_model_names(world, capsys):
+    report = world / "out" / "fox_dog.json"
+    assert main([*_eval(world, "fox_dog", "fox.safetensors"), "--output", str(report)]) == 0
+    r = json.loads(report.read_text())
+    # by name: the fox folder is class 2 (all right), dog is class 1 (all wrong); by sorted position fox would be 1
+    assert r["top1"] == 0.5 and r["per_class"] == {"dog": 0.0, "fox": 1.0} and r["class_mapping"] == "labels"
+    assert "note" not in capsys.readouterr().err
+
+
+def test_cvt_eval_refuses_folders_that_are_not_the_model_classes(world, capsys):
+    report = world / "out" / "wolf.json"
+    assert main([*_eval(world, "wolf", "fox.safetensors"), "--output", str(report)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"cvt eval: error: {world / 'wolf'}: class folders: 1 of 3 match")
+    assert "wolf (the model's 3 labels: cat, dog, fox)" in err[0]
+    assert not report.exists()
+
+
+def test_cvt_eval_without_names_maps_sorted_and_says_so(world, capsys):
+    report = world / "out" / "abc.json"
+    assert main([*_eval(world, "abc", "nameless.safetensors"), "--output", str(report), "--json"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "cvt eval: note: the model has no class names; class folders mapped in sorted order: a->0, b->1, c->2"
+    ]
+    r = json.loads(report.read_text())
+    assert r["class_mapping"] == "sorted" and r["per_class"] == {"a": 0.0, "b": 0.0, "c": 1.0}
+
+
+def test_a_confusion_picture_that_fails_keeps_the_report(world, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no usable font\nsecond line")
+
+    monkeypatch.setattr(cvt.train.plots, "confusion_matrix", broken)
+    report, png = world / "out" / "kept.json", world / "out" / "cm.png"
+    assert main([*_eval(world, "fox_dog", "fox.safetensors"), "--output", str(report), "--confusion", str(png)]) == 1
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        f"cvt eval: error: {png}: cannot draw the confusion matrix (RuntimeError: no usable font)"
+    ]
+    assert json.loads(report.read_text())["top1"] == 0.5 and "top-1 50.00%" in out and not png.exists()
+
+
+# ---------------------------------------------------------------------------- hostile arguments
+@dataclass(frozen=True)
+class Row:
+    id: str
+    argv: Callable[[Path], list[str]]
+    code: int
+    says: str  # in the one stderr line
+    dest: str | None = None  # must stay as it was (absent, or the same listing)
+    before_load: bool = True  # refused before the model is loaded (the check must not wait for it)
+
+
+ROWS = [
+    Row("cuda", lambda w: _eval(w, "fox_dog", "fox.safetensors", "--device", "cuda"), 2, "CUDA"),
+    Row("batch-size-0", lambda w: _eval(w, "fox_dog", "fox.safetensors", "--batch-size", "0"), 2, "--batch-size"),
+    Row("missing-data", lambda w: _eval(w, "nowhere", "fox.safetensors"), 1, "nowhere: no such file"),
+    Row("empty-folder", lambda w: _eval(w, "empty", "fox.safetensors"), 1, "no class folders with images"),
+    Row("data-is-an-image", lambda w: _eval(w, "fox_dog/fox/0.png", "fox.safetensors"), 1, "0.png: an image"),
+    Row("unknown-model", lambda w: [*_eval(w, "fox_dog", "fox.safetensors"), "--model", "nope"], 2, "'nope'"),
+    Row(
+        "architecture-without-weights",
+        lambda w: ["eval", str(w / "fox_dog"), "--model", "cvt-tiny"],
+        2,
+        "--model cvt-tiny is an architecture without released weights",
+    ),
+    Row(
+        "output-under-a-file",
+        lambda w: _eval(w, "fox_dog", "fox.safetensors", "-o", str(w / "afile" / "r.json")),
+        1,
+        "afile/r.json: cannot write",
+        dest="afile",
+    ),
+    Row(
+        "output-is-a-directory",
+        lambda w: _eval(w, "fox_dog", "fox.safetensors", "-o", str(w / "adir")),
+        1,
+        "adir: is a directory",
+        dest="adir",
+    ),
+    Row(
+        "confusion-under-a-file",
+        lambda w: _eval(w, "fox_dog", "fox.safetensors", "--confusion", str(w / "afile" / "cm.png")),
+        1,
+        "afile/cm.png: cannot write",
+        dest="afile",
+    ),
+    Row(
+        "confusion-is-a-directory",
+        lambda w: _eval(
+            w, "fox_dog", "fox.safetensors", "-o", str(w / "adir" / "r.json"), "--confusion", str(w / "adir")
+        ),
+        1,
+        "adir: is a directory",
+        dest="adir",
+    ),
+    Row(
+        "output-same-as-confusion",
+        lambda w: _eval(
+            w, "fox_dog", "fox.safetensors", "-o", str(w / "adir" / "x"), "--confusion", str(w / "adir" / "x")
+        ),
+        2,
+        "both name",
+        dest="adir",
+    ),
+    Row(
+        "no-readable-image",
+        lambda w: [*_eval(w, "corrupt", "fox.safetensors"), "-o", str(w / "adir" / "r.json")],
+        1,
+        "none of its 1 images could be read",
+        dest="adir",
+        before_load=False,
+    ),
+]
+
+
+def _lines(argv: list[str], capsys) -> tuple[int, list[str], str, float]:
+    """``(exit status, stderr lines that are not argparse's usage block, all output, seconds)``."""
+    t0 = time.perf_counter()
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own refusals (a bound, a choice) exit through SystemExit
+        code = int(e.code or 0)
+    seconds = time.perf_counter() - t0
+    out, err = capsys.readouterr()
+    # NOTE argparse prints its usage block before its one error line; that block is the parser's, not ours
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("usage:", " "))]
+    return code, lines, out + err, seconds
+
+
+def _state(path: Path) -> object:
+    """A directory's listing (hidden temporary files included), a file's bytes, or None when absent."""
+    if path.is_dir():
+        return sorted(os.listdir(path))
+    return path.read_bytes() if path.exists() else None
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_cvt_eval_hostile_arguments(row: Row, world: Path, capsys, monkeypatch):
+    if row.before_load:  # a check that waited for the model would trip this
+        monkeypatch.setattr(eval_command, "_load", lambda *a: pytest.fail("the model was loaded before the check"))
+    before = _state(world / row.dest) if row.dest else None
+    code, lines, everything, seconds = _lines(row.argv(world), capsys)
+    assert "Traceback" not in everything
+    assert len(lines) == 1 and lines[0].startswith("cvt eval: error: ") and row.says in lines[0], lines
+    assert code == row.code
+    if row.dest:
+        assert _state(world / row.dest) == before, f"{row.dest} changed"
+    assert seconds < 10
+
+
+def test_cvt_eval_refuses_a_read_only_destination_before_loading(world, capsys, monkeypatch):
+    monkeypatch.setattr(eval_command, "_load", lambda *a: pytest.fail("the model was loaded before the check"))
+    ro = world / "ro"
+    ro.mkdir()
+    with read_only_dir(ro) as read_only:
+        if not read_only:
+            pytest.skip("root ignores permission bits, and the immutable flag is not available here")
+        code, lines, _, _ = _lines(_eval(world, "fox_dog", "fox.safetensors", "-o", str(ro / "r.json")), capsys)
+    assert code == 1 and len(lines) == 1 and f"{ro / 'r.json'}: cannot write" in lines[0] and not os.listdir(ro)
+
+
 def test_eval_source_reads_digits_lists_and_data_roots(tmp_path):
     held_out = eval_source("digits", 10)
     assert len(held_out) == 360 and sorted(set(held_out.targets)) == list(range(10))
     _imagenet_v2_layout(tmp_path / "root" / "val")
     (tmp_path / "root" / "train").mkdir()
     src = eval_source(tmp_path / "root", 1000)  # a data root: its val/ split
-    assert len(src) == 6
+    assert len(src) == 6 and isinstance(src, EvalFiles) and src.mapping.rule == "index"
     (tmp_path / "l.json").write_text(json.dumps([{"path": "root/val/1/0.jpeg", "label": "1"}]))
     assert eval_source(tmp_path / "l.json", 1000).samples[0][1] == 1

@@ -11,8 +11,16 @@ import textwrap
 
 import pytest
 
+from conftest import read_only_dir
 from cvt.core.errors import WriteError
-from cvt.core.files import atomic_write, check_writable, remove_stale_temps, write_text
+from cvt.core.files import (
+    atomic_write,
+    atomic_write_dir,
+    check_writable,
+    check_writable_dir,
+    remove_stale_temps,
+    write_text,
+)
 
 
 def _leftovers(d):
@@ -79,16 +87,17 @@ def test_a_failing_writer_leaves_nothing_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no temp file and no empty directories
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
 def test_read_only_directory_is_refused_up_front(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
-    os.chmod(ro, 0o555)
-    try:
+    with read_only_dir(ro) as read_only:
+        if not read_only:
+            pytest.skip("root writes through permission bits, and the immutable flag is not available here")
         with pytest.raises(WriteError, match="permission denied"):
             check_writable(ro / "out.json")
-    finally:
-        os.chmod(ro, 0o755)
+        with pytest.raises(WriteError, match=f"{ro / 'out.json'}: cannot write"):  # the write itself, unchecked
+            atomic_write(ro / "out.json", lambda tmp: tmp.write_text("x"))
+    assert os.listdir(ro) == []
 
 
 def test_full_disk_is_named_and_cleaned(tmp_path):
@@ -115,9 +124,75 @@ def test_full_disk_is_named_and_cleaned(tmp_path):
 
 def test_stale_temps_are_removed(tmp_path):
     (tmp_path / ".last.pt.abc123.tmp.pt").write_bytes(b"half")
+    (tmp_path / ".hf.x1y2z3.tmp").mkdir()  # an interrupted directory write
+    (tmp_path / ".hf.x1y2z3.tmp" / "model.safetensors").write_bytes(b"half")
     (tmp_path / "last.pt").write_bytes(b"whole")
     removed = remove_stale_temps(tmp_path)
-    assert [p.name for p in removed] == [".last.pt.abc123.tmp.pt"] and (tmp_path / "last.pt").exists()
+    assert sorted(p.name for p in removed) == [".hf.x1y2z3.tmp", ".last.pt.abc123.tmp.pt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+class _Refused(Exception):
+    pass
+
+
+def _refuse(tmp):
+    assert tmp.name.startswith(".") and ".tmp" in tmp.name and tmp.exists()  # checks see the temporary copy
+    raise _Refused("verification failed")
+
+
+def test_a_failed_check_publishes_nothing(tmp_path):
+    """``check(tmp)`` runs on the finished temporary file: if it raises, nothing appears (or changes) at the
+    destination and the temporary file and the directories made for it are gone."""
+    with pytest.raises(_Refused):
+        atomic_write(tmp_path / "new" / "m.onnx", lambda tmp: tmp.write_bytes(b"bad"), check=_refuse)
+    assert list(tmp_path.iterdir()) == []
+    write_text(tmp_path / "m.onnx", "old")
+    with pytest.raises(_Refused):
+        atomic_write(tmp_path / "m.onnx", lambda tmp: tmp.write_bytes(b"bad"), check=_refuse)
+    assert (tmp_path / "m.onnx").read_text() == "old" and _leftovers(tmp_path) == []
+    seen = []
+    good = tmp_path / "m.onnx"
+    atomic_write(good, lambda tmp: tmp.write_bytes(b"good"), check=lambda tmp: seen.append(tmp.read_bytes()))
+    assert seen == [b"good"] and (tmp_path / "m.onnx").read_bytes() == b"good"
+
+
+def _fill(tmp):
+    (tmp / "config.json").write_text("{}")
+    (tmp / "variables").mkdir()
+    (tmp / "variables" / "data").write_text("new")
+
+
+def test_directory_outputs(tmp_path):
+    """New: one rename. Existing: the new entries replace theirs (a subdirectory swapped whole), others are kept.
+    A failed write or check leaves no temporary and no empty directory; non-directories are refused."""
+    out = tmp_path / "a" / "out"
+    atomic_write_dir(out, _fill)
+    assert sorted(os.listdir(out)) == ["config.json", "variables"] and _leftovers(out.parent) == []
+    (out / "README").write_text("mine")
+    (out / "variables" / "stale").write_text("old")
+    (out / "config.json").write_text("old")
+    atomic_write_dir(out, _fill)
+    assert sorted(os.listdir(out)) == ["README", "config.json", "variables"]
+    assert os.listdir(out / "variables") == ["data"] and (out / "config.json").read_text() == "{}"
+    with pytest.raises(_Refused):
+        atomic_write_dir(out, _fill, check=_refuse)
+    assert sorted(os.listdir(out)) == ["README", "config.json", "variables"]
+    with pytest.raises(_Refused):
+        atomic_write_dir(tmp_path / "b" / "c", _fill, check=_refuse)
+    assert sorted(os.listdir(tmp_path)) == ["a"]
+    (tmp_path / "file").write_text("x")
+    os.mkfifo(tmp_path / "fifo")
+    for bad in ("file", "fifo"):
+        for call in (check_writable_dir, lambda p: atomic_write_dir(p, _fill)):
+            with pytest.raises(WriteError, match=f"^{tmp_path / bad}: not a directory"):
+                call(tmp_path / bad)
+    (out / "config.json").unlink()
+    (out / "config.json").mkdir()  # an entry of the wrong kind: refused before anything moves
+    (out / "variables" / "data").write_text("before")
+    with pytest.raises(WriteError, match=r"config\.json: is a directory"):
+        atomic_write_dir(out, _fill)
+    assert (out / "variables" / "data").read_text() == "before" and _leftovers(out) == []
 
 
 def test_folder_walk_is_loop_safe_and_visits_each_file_once(tmp_path):

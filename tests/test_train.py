@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +276,188 @@ def test_tensorboard_without_the_package_is_a_config_error(tmp_path):
     with pytest.raises(cvt.train.TrainConfigError, match=r"run\.tensorboard: needs the tensorboard package"):
         fit(tiny_recipe(tmp_path, run={"tensorboard": True}), echo=lambda s: None)
     assert not (tmp_path / "last.pt").exists()
+
+
+def test_an_unreadable_file_is_counted_once_however_often_it_is_met(tmp_path):
+    # Two adjacent broken files, last in index order: each epoch, index 24 substitutes 25 (broken) then 0, and
+    # index 25 substitutes 0: three substitutions, two files. Every index is read each epoch (26 = 2 x 13).
+    _image_folder(tmp_path / "data")
+    for name in ("broken1.png", "broken2.png"):
+        (tmp_path / "data" / "train" / "red" / name).write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    data = {"kind": "folder", "root": str(tmp_path / "data"), "batch_size": 13, "max_train_samples": None}
+    recipe = tiny_recipe(tmp_path / "run", data=data, optim={"lr_batch": 13}, schedule={"epochs": 2})
+    lines: list[str] = []
+    res = fit(recipe, echo=lines.append)
+    broken = [str(tmp_path / "data" / "train" / "red" / n) for n in ("broken1.png", "broken2.png")]
+    assert res.skipped_images == 2 and sorted(res.skipped_files) == broken
+    assert [h["skipped_images"] for h in res.history] == [2, 2]
+    assert all(sorted(h["skipped_files"]) == broken for h in res.history)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["skipped_images"] == 2 and sorted(summary["skipped_files"]) == broken
+    per_epoch = [x for x in lines if "unreadable file(s) skipped this epoch" in x]
+    assert len(per_epoch) == 2 and all(x.startswith("  2 unreadable file(s) skipped this epoch: ") for x in per_epoch)
+    assert any("2 unreadable file(s) skipped" in x and "training time" in x for x in lines)
+
+
+def test_another_runs_leftovers_are_refused_overwrite_clears_them_resume_drops_temps(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"epoch": 7}\n')  # a stale log: appended to, it would mix two runs
+    (out / "summary.json").write_text("{}\n")
+    (out / "notes.txt").write_text("mine\n")  # not a run's file: neither a reason to refuse nor removed
+    recipe = tiny_recipe(out, schedule={"epochs": 1, "warmup_epochs": 0})
+    with pytest.raises(TrainError, match=r"holds files of an earlier run .*\(metrics\.jsonl, summary\.json\)"):
+        fit(recipe, echo=lambda s: None)
+    assert (out / "metrics.jsonl").read_text() == '{"epoch": 7}\n'  # refused: untouched
+    lines: list[str] = []
+    fit(recipe, overwrite=True, echo=lines.append)
+    assert any("removed the earlier run's files" in x and "metrics.jsonl, summary.json" in x for x in lines)
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert (out / "notes.txt").read_text() == "mine\n"
+    # a write interrupted by a crash leaves a temporary file: refused without --resume, removed with it
+    (out / ".last.pt.k2j3h4.tmp.pt").write_bytes(b"half a checkpoint")
+    with pytest.raises(TrainError, match=r"already holds a run \(config\.yaml, last\.pt, "):
+        fit(recipe, echo=lambda s: None)
+    assert (out / ".last.pt.k2j3h4.tmp.pt").exists()
+    lines.clear()
+    fit(recipe, resume=True, echo=lines.append)
+    assert not (out / ".last.pt.k2j3h4.tmp.pt").exists()
+    assert any("removed 1 temporary file(s) of an interrupted write: .last.pt.k2j3h4.tmp.pt" in x for x in lines)
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_data_is_read(tmp_path, monkeypatch, capsys):
+    import cvt.core.files
+    import cvt.train.trainer
+
+    def no_data(*a, **k):
+        raise AssertionError("the data was scanned before --out was checked")
+
+    monkeypatch.setattr(cvt.train.trainer, "build_sources", no_data)
+    (tmp_path / "afile").write_text("x\n")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.geteuid() == 0:  # root writes through permission bits: what the kernel tells any other user
+        real_access = os.access
+        monkeypatch.setattr(
+            cvt.core.files.os, "access", lambda p, mode: False if Path(p) == ro else real_access(p, mode)
+        )
+    try:
+        cases = {
+            tmp_path / "afile": "afile: not a directory (--out names the run directory)",
+            tmp_path
+            / "afile"
+            / "run": f"run: cannot create the run directory ({tmp_path / 'afile'} is not a directory)",
+            ro / "run": f"cannot write (permission denied: {ro})",
+        }
+        for out, message in cases.items():
+            assert main(["train", "--out", str(out), "--set", "schedule.epochs=1"]) == 1
+            err = capsys.readouterr().err
+            assert err.startswith("cvt train: error: ") and err.count("\n") == 1 and message in err, err
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+def _popen(*args: str, cwd: Path) -> subprocess.Popen:
+    """``python ARGS`` in its own process group (Ctrl-C reaches a terminal's whole foreground group, DataLoader
+    workers included), with SIGINT's default disposition even if the test runner's is 'ignore'."""
+    env = {**os.environ, "PYTHONPATH": str(Path(cvt.__file__).resolve().parents[1])}
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{path} never appeared: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.02)
+
+
+def _temps(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.startswith(".") and ".tmp" in p.name]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and resource limits")
+def test_ctrl_c_names_the_last_checkpoint_and_the_command_that_continues(tmp_path, capsys):
+    out = tmp_path / "run"
+    recipe = tmp_path / "r.yaml"  # long enough never to finish on its own before the signal
+    recipe.write_text(yaml.safe_dump(tiny_recipe(out, schedule={"epochs": 500}, data={"workers": 1})))
+    proc = _popen("-m", "cvt", "train", "--config", str(recipe), "--set", "optim.lr=2e-3", cwd=tmp_path)
+    try:
+        _wait_for(out / "last.pt", proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith(f"cvt train: error: interrupted; the last checkpoint is {out / 'last.pt'} (the end of epoch ")
+    command = err.split("; continue with: ")[1].strip()
+    assert shlex.split(command) == [
+        "cvt", "train", "--config", str(recipe), "--set", "optim.lr=2e-3", "--out", str(out), "--resume"
+    ]  # fmt: skip
+    assert not _temps(out)
+    epoch = load_checkpoint(out / "last.pt")["state"]["epoch"]  # whole, and what the message says
+    assert f"(the end of epoch {epoch})" in err
+    assert main([*shlex.split(command)[1:], "--dry-run"]) == 0  # the printed command is one that continues
+    assert f"would resume from {out / 'last.pt'}" in capsys.readouterr().out
+
+
+_FULL_DISK = textwrap.dedent(
+    """
+    import resource, signal, sys
+    import cvt.train.runner as runner
+    from cvt.cli import main
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+    original = runner._log
+
+    def _log(*args, **kw):  # the disk fills up once the first epoch is written
+        original(*args, **kw)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))  # < a checkpoint, > the other files
+
+    runner._log = _log
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and resource limits")
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(out)))
+    (tmp_path / "full_disk.py").write_text(_FULL_DISK)
+    proc = _cli("full_disk.py", "train", "--config", str(recipe), cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr == (
+        f"cvt train: error: {out / 'last.pt'}: cannot write (file too large: file-size limit or full disk)\n"
+    )
+    assert not _temps(out)
+    assert load_checkpoint(out / "last.pt")["state"]["epoch"] == 1  # epoch 2's failed write left epoch 1's whole
+    assert load_checkpoint(out / "best.pt")["state"]["epoch"] == 1
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_runs_shorter_than_the_default_warmup_warm_up_for_half_of_them(tmp_path, capsys, epochs):
+    recipe = tiny_recipe(tmp_path / "run")
+    del recipe["schedule"]["warmup_epochs"]  # the default, 2 epochs: as long as the whole run
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", "--config", str(tmp_path / "r.yaml"), "--set", f"schedule.epochs={epochs}"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: schedule.warmup_epochs: {epochs / 2:g} (half the run) instead of the default 2" in out
+    assert f"epoch {epochs:>3}/{epochs}" in out
+    assert cvt.train.load_config(tmp_path / "run" / "config.yaml").schedule.warmup_epochs == epochs / 2
+    history = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == epochs and all(np.isfinite(h["train_loss"]) for h in history)

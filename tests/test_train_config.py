@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import TINY_SPEC, tiny_recipe
 from cvt.cli import main
 from cvt.data.datasets import DataError, build_sources
-from cvt.train import TrainConfig, TrainConfigError, dry_run, load_config
+from cvt.train import TrainConfig, TrainConfigError, dry_run, fit, load_config
 from cvt.train.config import apply_override, validate
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -151,7 +153,8 @@ def test_cli_reports_bad_configs_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "last.pt").exists()
 
 
-def test_dry_run_prints_the_resolved_recipe(capsys):
+def test_dry_run_prints_the_resolved_recipe(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out, runs/digits, must not hold a run (a real start would refuse)
     assert main(["train", "--dry-run", "--set", "schedule.epochs=5"]) == 0
     out = capsys.readouterr().out
     resolved = yaml.safe_load(out)
@@ -168,22 +171,131 @@ def test_a_run_shorter_than_the_default_warmup_warms_up_for_half_of_it():
         load_config(None, ["schedule.epochs=2", "schedule.warmup_epochs=2"])  # asked for: not changed
 
 
-def test_dry_run_is_setup_without_a_model(tmp_path):
+def test_dry_run_is_setup_writing_nothing(tmp_path):
     text = dry_run(overrides=["schedule.epochs=2"], out=tmp_path / "run")
     lines = text.splitlines()
     assert lines[-1] == "# ok: cvt-digits, 1437 training / 360 validation images, 10 classes"
-    assert lines[-2].startswith("# note: schedule.warmup_epochs: 1 (half the run)")
+    assert lines[-2] == f"# out: {tmp_path / 'run'}: a new run"
+    assert lines[-3].startswith("# note: schedule.warmup_epochs: 1 (half the run)")
     resolved = yaml.safe_load(text)
     assert resolved["schedule"]["warmup_epochs"] == 1.0 and resolved["run"]["out"] == str(tmp_path / "run")
     assert not (tmp_path / "run").exists()  # nothing written
     # what stops a real start stops the dry run: here, a global batch larger than the (limited) training set
     with pytest.raises(TrainConfigError, match=r"data\.batch_size: 64 is larger than the training set"):
-        dry_run(overrides=["data.max_train_samples=10"])
+        dry_run(overrides=["data.max_train_samples=10"], out=tmp_path / "run")
     with pytest.raises(TrainConfigError, match=r"model.weights: .*nope.safetensors: no such file"):
-        dry_run(overrides=[f"model.weights={tmp_path / 'nope.safetensors'}"])
+        dry_run(overrides=[f"model.weights={tmp_path / 'nope.safetensors'}"], out=tmp_path / "run")
 
 
 def test_apply_override_refuses_to_descend_into_a_value():
     raw = {"optim": {"lr": 1.0}}
     with pytest.raises(TrainConfigError, match=r"optim\.lr is not a section"):
         apply_override(raw, "optim.lr.x=1")
+
+
+# ---------------------------------------------------------------------------- a dry run checks what a start checks
+def _recipe_file(tmp_path: Path, **sections) -> Path:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        yaml.safe_dump(tiny_recipe(tmp_path / "run", schedule={"epochs": 1, "warmup_epochs": 0}, **sections))
+    )
+    return recipe
+
+
+def _stale_metrics(tmp_path: Path) -> list[str]:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"epoch": 7}\n')  # another run's log
+    return []
+
+
+def _out_is_a_file(tmp_path: Path) -> list[str]:
+    (tmp_path / "afile").write_text("not a directory\n")
+    return ["--out", str(tmp_path / "afile")]
+
+
+def _corrupt_weights(tmp_path: Path) -> list[str]:
+    (tmp_path / "init.safetensors").write_bytes(b"\x00" * 64)  # exists (the path check passes), unreadable
+    return ["--set", f"model.weights={tmp_path / 'init.safetensors'}"]
+
+
+def _no_readable_image(tmp_path: Path) -> list[str]:
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+            for i in range(10):
+                (tmp_path / "d" / split / c / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    data = ["data.kind=folder", f"data.root={tmp_path / 'd'}", "data.max_train_samples=null", "data.batch_size=8"]
+    return ["--set", *data, "optim.lr_batch=8"]
+
+
+def _checkpoint_of_another_model(tmp_path: Path) -> list[str]:
+    fit(load_config(_recipe_file(tmp_path)), out=tmp_path / "run", echo=lambda s: None)
+    wider = json.loads(json.dumps(TINY_SPEC))
+    wider["stages"][0]["embed_dim"] = 4
+    _recipe_file(tmp_path, model={"spec": wider})  # the recipe changed since: the checkpoint no longer fits
+    return ["--resume"]
+
+
+@pytest.mark.parametrize(
+    "world, message",
+    [
+        (_stale_metrics, "run: holds files of an earlier run but no checkpoint to continue (metrics.jsonl)"),
+        (_out_is_a_file, "afile: not a directory (--out names the run directory)"),
+        (_corrupt_weights, "init.safetensors: "),
+        (_no_readable_image, "d/train: no readable image among its 20 files (first: "),
+        (_checkpoint_of_another_model, "last.pt: the checkpoint holds a different model than the recipe"),
+    ],
+    ids=["stale-metrics", "out-is-a-file", "corrupt-weights", "no-readable-image", "checkpoint-of-another-model"],
+)
+def test_a_recipe_that_fails_a_real_start_fails_the_dry_run_with_the_same_line(tmp_path, capsys, world, message):
+    recipe = _recipe_file(tmp_path)
+    args = ["train", "--config", str(recipe), *world(tmp_path)]
+    before = _tree(tmp_path)
+    dry = main([*args, "--dry-run"])
+    dry_err = capsys.readouterr().err
+    assert _tree(tmp_path) == before  # the dry run wrote nothing
+    real = main(args)
+    real_err = capsys.readouterr().err
+    assert dry == real == 1
+    assert dry_err == real_err and dry_err.count("\n") == 1 and message in dry_err, (dry_err, real_err)
+    assert _tree(tmp_path) == before  # the real start failed before writing anything too
+
+
+def _tree(root: Path) -> list[tuple[str, int]]:
+    return sorted((str(p), p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+def test_dry_run_over_a_run_says_what_a_start_would_do(tmp_path, capsys):
+    recipe = _recipe_file(tmp_path)
+    fit(load_config(recipe), out=tmp_path / "run", echo=lambda s: None)
+    assert main(["train", "--config", str(recipe), "--dry-run", "--resume"]) == 0
+    assert f"# out: {tmp_path / 'run'}: would resume from {tmp_path / 'run' / 'last.pt'}" in capsys.readouterr().out
+    assert main(["train", "--config", str(recipe), "--dry-run", "--overwrite"]) == 0
+    assert "would remove the earlier run's files (config.yaml, last.pt, best.pt" in capsys.readouterr().out
+    assert (tmp_path / "run" / "last.pt").exists()
+
+
+# ---------------------------------------------------------------------------- empty class folders
+def test_empty_class_folders_are_named_once_or_refused(tmp_path, capsys):
+    root = tmp_path / "d"
+    _folder(root, "train", ["cat", "dog"])
+    _folder(root, "val", ["cat", "dog"])
+    for empty in ("train/emu", "train/yak", "val/yak"):
+        (root / empty).mkdir()
+    bundle = build_sources("folder", root=str(root))
+    assert bundle.classes == ["cat", "dog"]
+    assert capsys.readouterr().err == (
+        "warning: data.root: class folders with no images skipped: train/emu, train/yak, val/yak\n"
+    )
+    # through a dry run: one warning line on stderr, the run goes on
+    recipe = _recipe_file(tmp_path, data={"kind": "folder", "root": str(root), "batch_size": 2})
+    assert main(["train", "--config", str(recipe), "--dry-run", "--set", "data.max_train_samples=null"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "train/emu, train/yak, val/yak" in err
+    # one class left with images: not a training set
+    (root / "train" / "dog" / "a.png").unlink()
+    with pytest.raises(DataError) as e:
+        build_sources("folder", root=str(root))
+    msg = str(e.value)
+    assert "has images in 1 class folder (cat); at least 2 classes are needed" in msg
+    assert "class folders with no images: dog, emu, yak" in msg

@@ -1,5 +1,6 @@
 """Every weight layout loads; bad files give one clear error each; writes are atomic."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -47,7 +48,9 @@ def test_every_layout_loads_to_the_same_model(tiny, tmp_path):
         loaded = read_weights(tmp_path / name)
         assert loaded.source_format == fmt, name
         model = cvt.create_model("cvt-tiny", weights=tmp_path / name)
-        _same(model, tiny)
+        # the activation follows the file: an HF directory runs transformers' exact GELU (tests/test_resolution.py)
+        assert model.config.activation == ("gelu" if name == "hf_dir" else "quick_gelu"), name
+        _same(cvt.create_model("cvt-tiny", weights=tmp_path / name, activation="quick_gelu"), tiny)
     # self-describing files need no name
     _same(cvt.create_model(weights=tmp_path / "native.safetensors"), tiny)
     assert cvt.create_model(weights=tmp_path / "native.safetensors").config == tiny.config
@@ -73,15 +76,53 @@ def test_new_head_for_fine_tuning(tiny, tmp_path):
     assert features(x).shape == (1, 48)
 
 
-def test_wrong_architecture_has_a_readable_report(tmp_path):
+def test_wrong_architecture_leads_with_both_architectures_in_one_short_line(tmp_path):
     save_native(cvt.create_model("cvt-tiny").state_dict(), cvt.get_config("cvt-tiny"), tmp_path / "t.safetensors")
     with pytest.raises(WeightsError) as e:
         cvt.create_model("cvt-13", weights=tmp_path / "t.safetensors")
     msg = str(e.value)
-    assert msg.startswith(str(tmp_path / "t.safetensors")) and "shape mismatch" in msg and "missing in file" in msg
-    assert "stages.0.patch_embed.proj.weight: file (16, 3, 7, 7) vs model (64, 3, 7, 7)" in msg
-    model = cvt.create_model("cvt-13", weights=tmp_path / "t.safetensors", strict=False)
-    assert not model.load_report.ok
+    assert msg.startswith(
+        f"{tmp_path / 't.safetensors'}: holds a cvt-tiny model (3 stages, widths 16/32/48, depths 1/2/3, 10 classes), "
+        "not cvt-13 (3 stages, widths 64/192/384, depths 1/2/10, 1000 classes): "
+    )
+    assert "mis-shaped" in msg and "missing" in msg and "\n" not in msg and len(msg) < 400
+    model = cvt.create_model("cvt-13", weights=tmp_path / "t.safetensors", strict=False)  # load what fits
+    assert not model.load_report.ok and "shape mismatch" in str(model.load_report)
+
+
+def test_same_widths_other_details_name_the_first_differing_tensor(tmp_path):
+    """When the two architectures look alike at a glance, the line names the first tensor that differs."""
+    cfg = cvt.get_config("cvt-tiny")
+    wide = cfg.replace(stages=tuple(dataclasses.replace(s, mlp_ratio=2.0) for s in cfg.stages))
+    save_native(cvt.CvT(wide).state_dict(), wide, tmp_path / "w.safetensors")
+    with pytest.raises(WeightsError) as e:
+        cvt.create_model("cvt-tiny", weights=tmp_path / "w.safetensors")
+    msg = str(e.value)
+    assert "weights do not fit cvt-tiny (3 stages, widths 16/32/48" in msg
+    assert "first: stages.0.blocks.0.mlp.fc1.weight: file (32, 16) vs model (64, 16)" in msg and "\n" not in msg
+
+
+def test_expected_shapes_is_the_models_state_dict():
+    """The framework-free schema the fit check uses is exactly the PyTorch model's (keys, order, shapes)."""
+    from cvt.core.weights import expected_shapes
+
+    base = cvt.get_config("cvt-tiny")
+    for method, bias, classes in (("dw_bn", True, 10), ("avg", False, 0), ("linear", True, 3)):
+        cfg = base.replace(
+            num_classes=classes,
+            in_chans=1,
+            stages=tuple(dataclasses.replace(s, qkv_proj_method=method, qkv_bias=bias) for s in base.stages),
+        )
+        with torch.device("meta"):
+            sd = cvt.CvT(cfg).state_dict()
+        assert list(expected_shapes(cfg).items()) == [(k, tuple(v.shape)) for k, v in sd.items()]
+
+
+def test_missing_batch_counts_are_no_error(tiny, tmp_path):
+    """``num_batches_tracked`` never changes a forward pass and not every writer keeps it (Keras does not)."""
+    sd = {k: v for k, v in tiny.state_dict().items() if not k.endswith("num_batches_tracked")}
+    save_native(sd, tiny.config, tmp_path / "n.safetensors")
+    _same(cvt.create_model(weights=tmp_path / "n.safetensors"), tiny)
 
 
 class _Evil:
@@ -132,6 +173,48 @@ def test_evil_pickle_never_runs(tmp_path, tiny, monkeypatch):
     with pytest.raises(WeightsError):
         read_weights(tmp_path / "evil.pth")
     assert calls == []
+
+
+def test_directory_outputs_are_published_whole(tiny, tmp_path, monkeypatch):
+    """An HF / native directory appears complete or not at all: when the disk fills after the weights were written,
+    while config.json is, no directory (not even an empty one) and no temporary one are left; over an existing
+    directory its other files are kept."""
+    from pathlib import Path
+
+    real_write_text = Path.write_text
+
+    def full_disk_at_config(self, *args, **kwargs):
+        if "config.json" in self.name:
+            raise OSError(28, "No space left on device")
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk_at_config)
+    for save in (save_hf, save_native):
+        with pytest.raises(cvt.core.errors.WriteError, match="no space left on device"):
+            save(tiny.state_dict(), tiny.config, tmp_path / "deeper" / "out")
+        assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(Path, "write_text", real_write_text)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "README.md").write_text("mine\n")
+    save_hf(tiny.state_dict(), tiny.config, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    _same(cvt.create_model(weights=tmp_path / "out", activation=tiny.config.activation), tiny)
+
+
+def test_hf_directory_refuses_what_transformers_cannot_run(tiny, tmp_path):
+    """From transformers' modeling_cvt.py: dw_bn projections only, every cls token as wide as the last stage,
+    more than i blocks in stage i (drop-path rates are indexed by stage), LayerNorm eps 1e-5."""
+    cfg = tiny.config
+    cases = {
+        "avg": cfg.replace(stages=tuple(dataclasses.replace(s, qkv_proj_method="avg") for s in cfg.stages)),
+        "last stage's width": cfg.replace(stages=(dataclasses.replace(cfg.stages[0], cls_token=True), *cfg.stages[1:])),
+        "fewer than 3": cvt.get_config("cvt-digits"),
+        "1e-5": cfg.replace(layer_norm_eps=1e-6),
+    }
+    for says, bad in cases.items():
+        with pytest.raises(cvt.core.errors.ConversionError, match=f"^{tmp_path / 'hf'}: cannot write .*{says}"):
+            save_hf(cvt.CvT(bad).state_dict(), bad, tmp_path / "hf")
+        assert not (tmp_path / "hf").exists()
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, tiny, monkeypatch):

@@ -13,9 +13,10 @@ import importlib
 import logging
 import sys
 from collections.abc import Collection, Sequence
+from typing import NoReturn
 
 from .commands._signature import add_function_arguments, call
-from .core.errors import CvtError
+from .core.errors import CvtError, first_line
 from .core.files import reason
 
 # verb -> (function, one-line help); the order of --help.
@@ -40,11 +41,18 @@ VERBS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the library's error shape: one line, no usage block (``--help`` shows that), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(verbs: Collection[str] | None = None) -> argparse.ArgumentParser:
     """The whole parser; with ``verbs``, only those verbs get their options (the others are only listed)."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cvt", description="CvT (Convolutional vision Transformer): models, weights, prediction, training."
     )
     parser.add_argument("--version", action="version", version=f"cvt-models {__version__}")
@@ -70,7 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already printed: its status, also in-process
+        return e.code if isinstance(e.code, int) else 2
     if args.command is None:
         parser.print_help()
         return 2
@@ -85,12 +96,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"cvt {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return e.exit_code if isinstance(e, CvtError) else 1
+    except Exception as e:  # not foreseen by any check above: still one line; the traceback with --debug
+        if args.debug:
+            raise
+        print(
+            f"cvt {args.command}: error: {type(e).__name__}: {first_line(e)} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _one_line(e: Exception) -> str:
     if isinstance(e, OSError):  # the environment (a path, the disk) rather than a bug: one line as well
         return f"{e.filename}: {reason(e)}" if e.filename else reason(e)
-    return str(e)
+    return first_line(e, limit=2000)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,22 +6,28 @@ block); what it is verified against is the unfused reference model in eager PyTo
 Every exporter gets a dynamic batch dimension; ONNX and the ExportedProgram also get dynamic height and width
 (CvT has no positional embedding). The PT2 exporters specialise maps of size 1, so a dynamic-size export
 is valid for inputs whose every map, key/value maps included, is at least 2x2 (>= 64x64 for the released
-models; the exporter records that as a guard). After writing, the file is
-loaded back and run on several shapes; the largest absolute difference to eager PyTorch must be <= ``atol``.
+models; the exporter records that as a guard).
+
+Published only once verified: the file is written to a temporary file beside the destination, loaded back from
+there and run on several shapes; only when the largest absolute difference to eager PyTorch is <= ``atol`` is it
+renamed into place (:func:`cvt.core.files.atomic_write` with ``check``). A failed export leaves nothing at the
+destination (an existing file there unchanged) and no temporary file.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from .core.errors import CvtError, first_line
-from .core.files import atomic_write
+from .core.errors import CvtError, UsageError, first_line
+from .core.files import atomic_write, check_writable
 from .fusion import fuse
 from .model import CvT
 
@@ -52,6 +58,18 @@ class _Logits(nn.Module):
         return self.model(pixel_values)
 
 
+def check_atol(atol: Any, name: str = "atol") -> float:
+    """``atol`` as a float, or :class:`UsageError`: it must be a finite number >= 0 (0 asks for equality; an
+    infinite or NaN tolerance would accept any output, a negative one none)."""
+    try:
+        value = float(atol)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name}: expected a number, got {atol!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"{name}: must be a finite number >= 0, got {atol}")
+    return value
+
+
 def default_check_shapes(img_size: int, dynamic_hw: bool) -> list[tuple[int, int, int, int]]:
     shapes = [(1, 3, img_size, img_size), (3, 3, img_size, img_size)]
     if dynamic_hw:
@@ -69,27 +87,31 @@ def export_model(
     check_shapes: Sequence[tuple[int, int, int, int]] | None = None,
     opset: int = 18,
 ) -> ExportResult:
-    """Export ``model`` (eval mode; a :class:`~cvt.model.CvT` is fused first) to ``path`` and verify it.
+    """Export ``model`` (eval mode; a :class:`~cvt.model.CvT` is fused first) to ``path``, verified before it is
+    published there.
 
     Args:
         model: a :class:`~cvt.model.CvT` (or any image model with ``forward(x) -> logits``); left unchanged
             but for being put in eval mode.
-        path: output file (written atomically).
+        path: output file (written atomically, and only once verified).
         fmt: ``"onnx"``, ``"torchscript"`` or ``"exported-program"``.
         img_size: example resolution (default: ``model.config.img_size``).
         dynamic_hw: make height and width dynamic too (ONNX, ExportedProgram; TorchScript traces are
             shape-generic for this model anyway, and are checked on the same shapes).
-        atol: largest accepted absolute difference to the eager (unfused) model on the check shapes.
+        atol: largest accepted absolute difference to the eager (unfused) model on the check shapes (finite, >= 0).
         check_shapes: input shapes to verify on (default: batch 1 and 3, and a non-square size).
 
     Raises:
-        ExportError: the exporter failed, or outputs differ by more than ``atol``.
+        ExportError: the exporter failed, or outputs differ by more than ``atol`` (nothing is written).
+        UsageError: an invalid ``atol``. WriteError: ``path`` cannot be written (checked before tracing).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
+    atol = check_atol(atol)
     path = Path(path)
     if fmt == "exported-program" and path.suffix != ".pt2":
         raise ExportError(f"{path}: an ExportedProgram file must end in .pt2")
+    check_writable(path)  # before the slow trace
     size = img_size or getattr(getattr(model, "config", None), "img_size", 224)
     reference = _Logits(model).eval()
     wrapped = _Logits(fuse(model) if isinstance(model, CvT) and not model.fused else model).eval()
@@ -97,35 +119,71 @@ def export_model(
     example = torch.randn(2, 3, size, size)
     shapes = list(check_shapes or default_check_shapes(size, dynamic_hw))
     try:
-        if fmt == "onnx":
-            _export_onnx(wrapped, example, path, dynamic_hw, opset)
-            runner = _onnx_runner(path)
-        elif fmt == "torchscript":
-            with torch.no_grad():
-                traced = torch.jit.trace(wrapped, example, check_trace=False)
-            atomic_write(path, lambda tmp: torch.jit.save(traced, str(tmp)))
-            loaded = torch.jit.load(str(path))
-            runner = loaded
-        else:
-            program = _export_program(wrapped, example, dynamic_hw)
-            atomic_write(path, lambda tmp: torch.export.save(program, str(tmp)))
-            runner = torch.export.load(str(path)).module()
+        save, load = _exporter(fmt, wrapped, example, dynamic_hw, opset)
     except ExportError:
         raise
     except Exception as e:  # exporters raise many types; report one line
         raise ExportError(f"{fmt} export failed: {type(e).__name__}: {first_line(e)}") from e
 
+    def write(tmp: Path) -> None:
+        try:
+            save(tmp)
+        except OSError:
+            raise  # the disk: atomic_write names the destination and the reason
+        except Exception as e:
+            raise ExportError(f"{path}: writing the {fmt} file failed: {type(e).__name__}: {first_line(e)}") from e
+
     worst = 0.0
-    for shape in shapes:
-        x = torch.randn(shape)
-        with torch.no_grad():
-            ref = reference(x)
-            got = runner(x)
-        diff = (torch.as_tensor(got) - ref).abs().max().item()
-        worst = max(worst, diff)
-        if not diff <= atol:
-            raise ExportError(f"{path}: {fmt} output differs from eager by {diff:.3g} > {atol} at input {shape}")
+
+    def verify(tmp: Path) -> None:
+        nonlocal worst
+        try:
+            runner = load(tmp)
+        except ExportError:
+            raise
+        except Exception as e:
+            raise ExportError(
+                f"{path}: the {fmt} file does not load back ({type(e).__name__}: {first_line(e)}); not written"
+            ) from e
+        for shape in shapes:
+            x = torch.randn(shape)
+            try:
+                with torch.no_grad():
+                    ref = reference(x)
+                    got = runner(x)
+                diff = (torch.as_tensor(got) - ref).abs().max().item()
+            except Exception as e:
+                raise ExportError(
+                    f"{path}: the {fmt} file fails at input {shape} ({type(e).__name__}: {first_line(e)}); not written"
+                ) from e
+            worst = max(worst, diff)
+            if not diff <= atol:
+                raise ExportError(
+                    f"{path}: {fmt} output differs from eager by {diff:.3g} > atol {atol} at input {shape}; not written"
+                )
+
+    atomic_write(path, write, check=verify)
     return ExportResult(path, fmt, worst, [tuple(s) for s in shapes])
+
+
+Saver = Callable[[Path], None]
+Loader = Callable[[Path], Callable[[torch.Tensor], Any]]
+
+
+def _exporter(
+    fmt: str, wrapped: nn.Module, example: torch.Tensor, dynamic_hw: bool, opset: int
+) -> tuple[Saver, Loader]:
+    """Trace / export once; ``(save(file), load(file) -> runner)`` for the format."""
+    if fmt == "onnx":
+        program = _onnx_program(wrapped, example, dynamic_hw, opset)
+        # one self-contained file: external data would be named after the temporary file and lost by the rename
+        return (lambda tmp: program.save(str(tmp), external_data=False)), _onnx_runner
+    if fmt == "torchscript":
+        with torch.no_grad():
+            traced = torch.jit.trace(wrapped, example, check_trace=False)
+        return (lambda tmp: torch.jit.save(traced, str(tmp))), (lambda tmp: torch.jit.load(str(tmp)))
+    exported = _export_program(wrapped, example, dynamic_hw)
+    return (lambda tmp: torch.export.save(exported, str(tmp))), (lambda tmp: torch.export.load(str(tmp)).module())
 
 
 def _dims(dynamic_hw: bool) -> dict[int, object]:
@@ -138,14 +196,14 @@ def _export_program(wrapped: nn.Module, example: torch.Tensor, dynamic_hw: bool)
         return torch.export.export(wrapped, (example,), dynamic_shapes={"pixel_values": _dims(dynamic_hw)})
 
 
-def _export_onnx(wrapped: nn.Module, example: torch.Tensor, path: Path, dynamic_hw: bool, opset: int) -> None:
+def _onnx_program(wrapped: nn.Module, example: torch.Tensor, dynamic_hw: bool, opset: int) -> Any:
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError:
         raise ExportError("ONNX export needs the export extra: pip install 'cvt-models[export]'") from None
     with torch.no_grad():
-        program = torch.onnx.export(
+        return torch.onnx.export(
             wrapped,
             (example,),
             dynamo=True,
@@ -155,10 +213,9 @@ def _export_onnx(wrapped: nn.Module, example: torch.Tensor, path: Path, dynamic_
             opset_version=opset,
             verbose=False,
         )
-    atomic_write(path, lambda tmp: program.save(str(tmp)))
 
 
-def _onnx_runner(path: Path):
+def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     try:
         import onnxruntime as ort
     except ImportError:

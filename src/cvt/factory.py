@@ -30,10 +30,11 @@ def resolve(
     *,
     weights: str | os.PathLike[str] | None = None,
     pretrained: bool = False,
+    strict: bool = True,
 ) -> tuple[CvTConfig, PretrainedSpec, LoadedWeights | None]:
     """``(architecture, spec, loaded torch weights or None)``: :func:`cvt.core.weights.resolve` with torch tensors."""
     config, spec, loaded = core_resolve(
-        name, weights=weights, pretrained=pretrained, framework="pt", read_pickle=load_pickle
+        name, weights=weights, pretrained=pretrained, framework="pt", read_pickle=load_pickle, strict=strict
     )
     return config, spec, as_torch(loaded) if loaded is not None else None
 
@@ -69,8 +70,11 @@ def create_model(
         pretrained: download the released checkpoint ``name`` from the Hugging Face hub (cached).
         num_classes: the head size. ``None`` keeps the file's; a different number puts a fresh head on the
             loaded backbone (fine-tuning); ``0`` removes the head.
-        activation: ``"quick_gelu"`` (official, default for named models) or ``"gelu"`` (HF numerics).
-        strict: raise on missing, unexpected or mis-shaped keys (a readable report either way).
+        activation: ``"quick_gelu"`` or ``"gelu"``; default (:mod:`cvt.core.weights`): a native file's record,
+            else ``quick_gelu`` for a released checkpoint name, else ``gelu`` for an HF directory, else
+            ``quick_gelu`` (official ``.pth``, an architecture name alone).
+        strict: refuse weights that do not fit the architecture, in one line naming both (off: load what fits,
+            ``model.load_report`` says what did not).
         device: where to put the model.
         features_only: return timm's ``features_only`` model instead: a :class:`~cvt.model.CvTFeatures`
             whose ``forward(x)`` gives the ``(B, C_i, H_i, W_i)`` maps of ``out_indices`` and whose
@@ -82,7 +86,7 @@ def create_model(
         The model (``model.pretrained_cfg``: its spec; ``model.load_report``: what loading found), in eval
         mode if weights were loaded, else in train mode (as ``nn.Module`` builds it).
     """
-    config, spec, loaded = resolve(name, weights=weights, pretrained=pretrained)
+    config, spec, loaded = resolve(name, weights=weights, pretrained=pretrained, strict=strict)
     config, spec = with_overrides(config, spec, loaded, num_classes=num_classes, activation=activation, **overrides)
 
     model = CvT(config)

@@ -10,11 +10,11 @@ from typing import Annotated, Any
 
 import torch
 
-from ..core.errors import DataError, UsageError
-from ..core.files import write_text
-from ..core.presets import get_checkpoint
+from ..core.errors import CvtError, DataError, UsageError, WriteError, first_line, require
+from ..core.files import check_writable, write_text
+from ..core.presets import get_checkpoint, get_config
 from ..core.spec import EvalPreprocess
-from ..data.datasets import EvalSet, collate, eval_source
+from ..data.datasets import EvalFiles, EvalSet, collate, eval_source, read_eval_data
 from ..data.transforms import build_eval_transform
 from ..eval import evaluate
 from ..factory import create_model
@@ -38,7 +38,9 @@ def run_eval(
 ) -> int:
     """DATA: a folder of class folders (ImageNet val by synset id n01440764/..., ImageNet-V2 by index 0..999, or
     your own class names), a data root holding val/, a CSV/JSON list of path,label, or 'digits' (the fixed held-out
-    split of scikit-learn's digits that cvt train uses).
+    split of scikit-learn's digits that cvt train uses). Classes are matched by name: the model's own labels (any
+    subset), class indices, or ImageNet synset ids; only a model without class names maps one folder per class in
+    sorted order, and says so.
 
     Args:
         data: image folder, list file, or 'digits'
@@ -51,11 +53,17 @@ def run_eval(
         confusion: write a confusion-matrix picture here
         as_json: print the report as JSON instead of a summary
     """
+    # NOTE every check that needs no model comes first: a bad argument, destination or DATA fails in seconds,
+    # not after a download or a whole evaluation
     dev = resolve_device(device)
+    _check_model_name(model, weights)
+    _check_destinations(output, confusion)
+    found = read_eval_data(data)
     net = _load(model, weights, dev)
     pre = net.pretrained_cfg.preprocess
-    labels = net.pretrained_cfg.labels if isinstance(net.pretrained_cfg.labels, tuple) else None
-    source = eval_source(data, net.config.num_classes, labels)
+    source = eval_source(found, net.config.num_classes, net.pretrained_cfg.labels)
+    if isinstance(source, EvalFiles) and source.mapping.note:
+        print(f"cvt eval: note: {source.mapping.note}", file=sys.stderr)
     if len(source) == 0:
         raise DataError(f"{data}: no images")
     loader = torch.utils.data.DataLoader(
@@ -65,37 +73,76 @@ def run_eval(
         collate_fn=collate,
     )
     res = evaluate(net, loader, net.config.num_classes, device=dev)
-    report = _report(res, source.classes, data, net.config.name, weights, pre)
-    if output:
+    if res["n"] == 0:
+        first = res["skipped_files"][0] if res["skipped_files"] else "none"
+        raise DataError(f"{data}: none of its {len(source)} images could be read (first: {first})")
+    rule = source.mapping.rule if isinstance(source, EvalFiles) else "digits"
+    report = _report(res, source.classes, data, net.config.name, weights, pre, rule)
+    written = []
+    if output:  # NOTE before the picture: a picture that fails must not lose the numbers
         write_text(output, json.dumps(report, indent=2) + "\n")
-    if confusion:
-        _draw_confusion(res, source.classes, report, confusion)
+        written.append(output)
+    failed = _draw_confusion(res, source.classes, report, confusion) if confusion else None
+    if confusion and failed is None:
+        written.append(confusion)
     if as_json:
         print(json.dumps(report, indent=2))
     else:
-        _summary(report, pre, [p for p in (output, confusion) if p])
+        _summary(report, pre, written)
     for msg in res["skipped_files"][:5]:
         print(f"cvt eval: skipped {msg}", file=sys.stderr)
+    if failed is not None:  # the numbers are out (printed, and in --output); now the one line on the picture
+        raise failed
     return 1 if res["skipped"] else 0
+
+
+def _check_model_name(model: str | None, weights: str | None) -> None:
+    """An unknown ``--model``, or an architecture without released weights and no ``--weights``: usage errors."""
+    if model is not None:
+        get_config(model)  # UnknownModelError (exit 2) naming it and the known names
+    if weights is None and (model is None or get_checkpoint(model) is None):
+        what = f"--model {model} is an architecture without released weights: " if model else ""
+        raise UsageError(f"{what}give --weights FILE, or --model with a released checkpoint name (see `cvt list`)")
+
+
+def _check_destinations(output: str | None, confusion: str | None) -> None:
+    """Refuse now the report and picture destinations that the writes at the end would fail on."""
+    for path in (output, confusion):
+        if path:
+            check_writable(path)
+    if output and confusion and check_writable(output).resolve() == check_writable(confusion).resolve():
+        raise UsageError(f"--output and --confusion: both name {output}; the picture would replace the report")
+    if confusion:  # NOTE matplotlib (the train extra) only when a picture is asked for; say so before evaluating
+        require("matplotlib", "train", "--confusion")
 
 
 def _load(model: str | None, weights: str | None, device: torch.device) -> CvT:
     """The model to evaluate, fused for inference (its ``pretrained_cfg`` gives preprocessing and labels)."""
-    if weights is None and (model is None or get_checkpoint(model) is None):
-        raise UsageError("give --weights FILE, or --model with a released checkpoint name (see `cvt list`)")
+    _check_model_name(model, weights)
     net = create_model(model, weights=weights, pretrained=weights is None, device=device)
     return fuse(net, cls_only=True, inplace=True)
 
 
 def _report(
-    res: dict[str, Any], classes: list[str], data: str, name: str, weights: str | None, pre: EvalPreprocess
+    res: dict[str, Any],
+    classes: list[str],
+    data: str,
+    name: str,
+    weights: str | None,
+    pre: EvalPreprocess,
+    class_mapping: str,
 ) -> dict[str, Any]:
-    """What ``--output`` writes and ``--json`` prints: ``evaluate``'s numbers under the data's class names."""
+    """What ``--output`` writes and ``--json`` prints: ``evaluate``'s numbers under the data's class names.
+
+    ``class_mapping``: how the data's classes met the model's (``labels``, ``index``, ``synset``, ``sorted``,
+    ``digits``; see :func:`cvt.data.datasets.map_eval_classes`).
+    """
     present = [i for i, acc in enumerate(res["per_class"]) if acc is not None]
     return {
         "data": str(data),
         "model": name,
         "weights": str(weights) if weights else None,
+        "class_mapping": class_mapping,
         "preprocess": pre.to_dict(),
         "n": res["n"],
         "top1": res["top1"],
@@ -109,7 +156,9 @@ def _report(
     }
 
 
-def _draw_confusion(res: dict[str, Any], classes: list[str], report: dict[str, Any], png: str) -> None:
+def _draw_confusion(res: dict[str, Any], classes: list[str], report: dict[str, Any], png: str) -> CvtError | None:
+    """Draw the picture; return (not raise) its failure as one-line error, so the caller can print the numbers
+    first. ``res["confusion"]``: K x K counts (rows: true class)."""
     from ..train.plots import confusion_matrix  # NOTE matplotlib (the train extra) only when a picture is asked for
 
     present = [i for i, acc in enumerate(res["per_class"]) if acc is not None]
@@ -117,7 +166,15 @@ def _draw_confusion(res: dict[str, Any], classes: list[str], report: dict[str, A
     if len(cm) > len(present):  # only the classes the data has, so the picture stays readable
         cm = [[cm[i][j] for j in present] for i in present]
     title = f"{report['model']} on {Path(report['data']).name}: top-1 {100 * res['top1']:.2f}%"
-    confusion_matrix(cm, [classes[i] for i in present], png, title=title)
+    try:
+        confusion_matrix(cm, [classes[i] for i in present], png, title=title)
+    except CvtError as e:  # a write error: already one line naming the file
+        return e
+    except Exception as e:  # matplotlib's own failures (a font, a backend, a huge figure): one line as well
+        failed = WriteError(f"{png}: cannot draw the confusion matrix ({type(e).__name__}: {first_line(e)})")
+        failed.__cause__ = e  # --debug shows where it came from
+        return failed
+    return None
 
 
 def _summary(r: dict[str, Any], pre: EvalPreprocess, written: list[str]) -> None:

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 from ..core.errors import UsageError
-from ..export import FORMATS, SUFFIX, export_model
+from ..core.files import check_writable, check_writable_dir
+from ..export import FORMATS, SUFFIX, check_atol, export_model
 from ..factory import create_model
 from ._signature import Arg, default_of
 
 KERAS_FORMATS = {"saved-model": "", "litert": ".tflite"}  # through cvt.keras on the TensorFlow backend
+DEFAULT_MODEL = "cvt-13"  # what is exported (randomly initialised) when neither --model nor --weights is given
 
 
 def run_export(
     output: str,
     *,
-    model: str = "cvt-13",
+    model: str | None = None,
     weights: str | None = None,
     format: Annotated[str, Arg(choices=(*FORMATS, *KERAS_FORMATS))] = default_of(export_model, "fmt"),
     resolution: int | None = None,
@@ -25,24 +28,32 @@ def run_export(
     force: bool = False,
 ) -> int:
     """Export a model, fused for inference, with a dynamic batch dimension (and dynamic height/width for onnx and
-    exported-program), then load the file back and check it against eager PyTorch on several shapes.
+    exported-program), then load the file back and check it against eager PyTorch on several shapes; the file is
+    published only if it passes.
 
     Args:
-        output: output file (.onnx, .pt, .pt2, .tflite; the suffix is added when missing) or SavedModel directory
-        model: architecture or checkpoint name
+        output: output file (.onnx, .pt, .pt2, .tflite; the suffix is added when missing, unless OUTPUT exists) or
+            SavedModel directory
+        model: architecture or checkpoint name (default: what --weights holds; cvt-13, randomly initialised,
+            without --weights)
         weights: weight file or directory (default: random init)
         format: export format (saved-model and litert go through the Keras model on TensorFlow)
         resolution: example input size (default: the model's)
         static_hw: fix height and width to --resolution
-        atol: largest accepted difference to eager
+        atol: largest accepted difference to eager (a finite number >= 0)
         force: overwrite the output if it exists
     """
+    atol = check_atol(atol, "--atol")
     out = Path(output)
     suffix = KERAS_FORMATS.get(format, SUFFIX.get(format, ""))
-    if out.suffix != suffix:
+    if out.suffix != suffix and not os.path.lexists(out):  # an existing OUTPUT is what the user named
         out = out.with_name(out.name + suffix)
-    if out.exists() and not force:
+    # the destination's kind and permissions first: --force cannot help a directory, a FIFO or a read-only folder
+    (check_writable_dir if format == "saved-model" else check_writable)(out)
+    if os.path.lexists(out) and not force:
         raise UsageError(f"{out}: already exists (use --force to overwrite)")
+    if model is None and weights is None:
+        model = DEFAULT_MODEL
     if format in KERAS_FORMATS:
         return _export_keras(out, model, weights, format, resolution, atol)
     # export_model fuses the model itself and verifies the export against this unfused reference
@@ -53,9 +64,9 @@ def run_export(
     return 0
 
 
-def _export_keras(out: Path, model: str, weights: str | None, format: str, resolution: int | None, atol: float) -> int:
-    import os
-
+def _export_keras(
+    out: Path, model: str | None, weights: str | None, format: str, resolution: int | None, atol: float
+) -> int:
     from ..core.errors import require
 
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")

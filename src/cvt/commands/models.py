@@ -10,7 +10,7 @@ from ..core.config import CvTConfig
 from ..core.errors import UsageError
 from ..core.macs import count_macs, count_params, stage_costs
 from ..core.presets import ARCHITECTURES, CHECKPOINTS, get_config, list_models
-from ..core.weights import resolve
+from ..core.weights import resolve, with_overrides
 from ._signature import Arg
 
 
@@ -52,23 +52,25 @@ def _zoo_row(name: str) -> dict[str, Any]:
 
 
 def run_info(
-    name: str,
+    name: str | None = None,
     *,
+    weights: Annotated[str | None, Arg(metavar="FILE|DIR")] = None,
     resolution: Annotated[list[int] | None, Arg("-r", metavar="R")] = None,
     num_classes: int | None = None,
     as_json: Annotated[bool, Arg("--json")] = False,
 ) -> int:
-    """Parameters, MACs (attention matmuls included) and per-stage shapes of a model.
+    """Parameters, MACs (attention matmuls included) and per-stage shapes of a model, and the activation it runs
+    (the rule every verb uses: what a native file records, else quick_gelu for a released checkpoint name, else
+    gelu for an HF directory, else quick_gelu).
 
     Args:
         name: architecture or checkpoint name (see `cvt list`), or a weight file / directory
+        weights: weight file or directory: its architecture (or NAME's, loaded with these weights)
         resolution: input size: R (square) or H W; default: the model's img_size
         num_classes: head size to count (default: the model's)
         as_json: machine-readable output
     """
-    cfg = _config(name)
-    if num_classes is not None:
-        cfg = cfg.replace(num_classes=num_classes)
+    cfg = _config(name, weights, num_classes)
     res = resolution or [cfg.img_size]
     if len(res) > 2:
         raise UsageError("--resolution takes R or H W")
@@ -94,15 +96,22 @@ def run_info(
     return 0
 
 
-def _config(name: str) -> CvTConfig:
-    """The architecture of a model name, or of the weights at a path (a released name never needs torch)."""
-    if not Path(name).exists():
-        return get_config(name)
+def _config(name: str | None, weights: str | None, num_classes: int | None) -> CvTConfig:
+    """The architecture ``create_model(name, weights=weights, num_classes=...)`` builds (a released name never needs
+    torch; a NAME that is an existing path is read as weights)."""
+    if weights is None and name is not None and Path(name).exists():
+        name, weights = None, name
+    if weights is None:
+        if name is None:
+            raise UsageError("give a model name or --weights FILE|DIR")
+        cfg = get_config(name)
+        return cfg if num_classes is None else cfg.replace(num_classes=num_classes)
     try:  # NOTE a pickled .pth needs torch to be read; without it the core says so in one line
         from ..weights.io import load_pickle
     except ImportError:
         load_pickle = None
-    return resolve(weights=name, read_pickle=load_pickle)[0]
+    config, spec, loaded = resolve(name, weights=weights, read_pickle=load_pickle)
+    return with_overrides(config, spec, loaded, num_classes=num_classes)[0]
 
 
 def _model_info(cfg: CvTConfig, h: int, w: int) -> dict[str, Any]:

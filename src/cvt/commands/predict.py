@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from ..core.errors import CvtError
-from ..core.files import write_text
+from ..core.errors import CvtError, WriteError
+from ..core.files import check_writable, write_text
 from ..core.images import list_images
 from ..data.transforms import denormalize
 from ..explain import render
@@ -31,14 +31,14 @@ def run_predict(
     model: str | None = None,
     weights: Annotated[str | None, Arg(metavar="FILE|DIR")] = None,
     labels: Annotated[str | None, Arg(metavar="FILE")] = None,
-    topk: int = default_of(Predictor, "topk"),
-    batch_size: int = default_of(Predictor, "batch_size"),
-    workers: int | None = None,
+    topk: Annotated[int, Arg(minimum=1)] = default_of(Predictor, "topk"),
+    batch_size: Annotated[int, Arg(minimum=1)] = default_of(Predictor, "batch_size"),
+    workers: Annotated[int | None, Arg(minimum=0)] = None,
     device: str | None = None,
     format: Literal["table", "json", "csv"] = "table",
     output: Annotated[str | None, Arg("-o", metavar="FILE")] = None,
     explain: Annotated[str | None, Arg(metavar="DIR")] = None,
-    max_pixels: int = default_of(Predictor, "max_pixels"),
+    max_pixels: Annotated[int, Arg(minimum=1)] = default_of(Predictor, "max_pixels"),
     progress: bool = True,
 ) -> int:
     """Classify images with a CvT. Without --weights the released checkpoint --model is downloaded once into the
@@ -59,10 +59,16 @@ def run_predict(
         max_pixels: refuse larger images
         progress: progress bar on stderr
     """
+    if output:  # before the model is loaded and the images classified, not after
+        check_writable(output)
+    if explain and os.path.exists(explain) and not os.path.isdir(explain):
+        raise WriteError(f"{explain}: --explain needs a directory, and this is a file")
     files, problems = expand_inputs(paths)
     for _, msg in problems:
         _say(msg)
     if not files:
+        if problems:  # each input's line was the error; nothing else to say
+            return 1
         raise CvtError("no images to classify")
     if workers is None:
         workers = 0 if len(files) <= batch_size else min(4, max(1, (os.cpu_count() or 2) - 1))

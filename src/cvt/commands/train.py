@@ -27,14 +27,15 @@ def run_train(
         config: recipe file (default: the digits recipe)
         overrides: override recipe values, e.g. --set optim.lr=1e-3 schedule.epochs=10 (values are YAML)
         out: run directory (default: run.out, else runs/<recipe name>)
-        resume: continue the run in --out from its last checkpoint
-        overwrite: start again in a --out that already holds a run
+        resume: continue the run in --out from its last checkpoint (none yet: start it afresh)
+        overwrite: start again in a --out that already holds a run (its files are removed first)
         progress: per-epoch progress bar
-        dry_run: check the recipe and the data, print the resolved recipe, train nothing
+        dry_run: make every check a real start makes (recipe, --out, data, model and weights), print the
+            resolved recipe, write nothing
     """
     overrides = [*overrides, *([] if progress else ["run.progress=false"])]
     if dry_run:
-        print(train.dry_run(config, overrides=overrides, out=out).rstrip("\n"))
+        print(train.dry_run(config, overrides=overrides, out=out, resume=resume, overwrite=overwrite).rstrip("\n"))
         return 0
     train.fit(config, overrides=overrides, out=out, resume=resume, overwrite=overwrite)
     return 0

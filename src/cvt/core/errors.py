@@ -62,8 +62,18 @@ class MissingDependencyError(CvtError, ImportError):
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (its type name when it has none), at most ``limit`` chars."""
-    text = str(e).strip().splitlines()
+    """The first line of an exception's message (its type name when it has none), at most ``limit`` chars.
+
+    An exception re-raised from a worker process (PyTorch's DataLoader: ``Caught X in DataLoader worker process
+    0.`` then ``Original Traceback ...``) gives its original message: the traceback's last line.
+    """
+    text = [line for line in str(e).strip().splitlines() if line.strip()]
+    if len(text) > 1 and "Original Traceback" in text[1]:
+        last = text[-1]
+        name = type(e).__name__
+        # the last line is "module.path.Name: message"; keep the message
+        head, sep, rest = last.partition(": ")
+        text = [rest if sep and head.rsplit(".", 1)[-1] == name else last]
     return text[0][:limit] if text else type(e).__name__
 
 

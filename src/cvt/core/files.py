@@ -1,4 +1,5 @@
-"""The one way this library writes a file: checked first, written aside, published by an atomic rename.
+"""The one way this library writes a file (or an output directory): checked first, written aside, verified,
+published by an atomic rename.
 
 Rules (every artefact: weights, checkpoints, exports, reports, plots):
 
@@ -13,15 +14,27 @@ Rules (every artefact: weights, checkpoints, exports, reports, plots):
   destination keeps its mode.
 * **Errors** are one line naming the destination (never the temporary file) and saying why: no space left,
   read-only file system, permission denied, file-size limit ...: :class:`~cvt.core.errors.WriteError`.
-* :func:`check_writable` runs the same checks up front, so a long job (an evaluation, a training run, an export)
-  can refuse an unusable output path before it starts; :func:`remove_stale_temps` cleans the temporary files of
-  an interrupted run.
+* **Verified before published.** ``atomic_write(path, write, check=...)`` runs ``check(tmp)`` on the finished
+  temporary file (fsynced, final mode) just before the rename; if it raises, the temporary file is removed and
+  the exception propagates: nothing appears at ``path`` and an existing file there is left unchanged. Exports
+  (ONNX, TorchScript, ExportedProgram, LiteRT) load the temporary file back and compare it with eager this way, so
+  a file that fails verification is never published. ``check`` should raise the caller's own error, not an
+  ``OSError`` (which would be reported as a write failure).
+* **Directories** (an HF directory, a native directory, a SavedModel) go the same way with
+  :func:`atomic_write_dir`: ``write(tmp_dir)`` fills a fresh temporary directory (``.NAME.XXXX.tmp``), then
+  ``check(tmp_dir)``; a new destination is the renamed temporary directory; an existing destination directory
+  has each of the new top-level entries replaced (a file by an atomic rename, a subdirectory by a swap), and
+  keeps its other entries: a failed write leaves neither a temporary directory nor an empty one.
+* :func:`check_writable` (:func:`check_writable_dir` for a directory output) runs the same checks up front, so a
+  long job (an evaluation, a training run, an export) can refuse an unusable output path before it starts;
+  :func:`remove_stale_temps` cleans the temporary files of an interrupted run.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable
@@ -54,17 +67,24 @@ def _umask() -> int:
     return mask
 
 
-def destination(path: str | os.PathLike[str]) -> Path:
-    """The file that a write to ``path`` replaces: ``path``, or the target of a symlink. Raises :class:`WriteError`
-    for anything that is not (or would not be) a regular file."""
+def _target(path: str | os.PathLike[str]) -> tuple[Path, os.stat_result | None]:
+    """``(what a write to path replaces: path or a symlink's target, its stat or None when absent)``."""
     path = Path(path)
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
-        st = os.stat(target)
+        return target, os.stat(target)
     except FileNotFoundError:
-        return target
+        return target, None
     except OSError as e:
         raise WriteError(f"{path}: cannot write ({reason(e)})") from None
+
+
+def destination(path: str | os.PathLike[str]) -> Path:
+    """The file that a write to ``path`` replaces: ``path``, or the target of a symlink. Raises :class:`WriteError`
+    for anything that is not (or would not be) a regular file."""
+    target, st = _target(path)
+    if st is None:
+        return target
     if stat.S_ISDIR(st.st_mode):
         raise WriteError(f"{path}: is a directory (expected a file name)")
     if not stat.S_ISREG(st.st_mode):
@@ -78,6 +98,14 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     Checks the kind of file and that the nearest existing directory above it accepts new files.
     """
     dest = destination(path)
+    parent = _check_parent(path, dest)
+    if dest.exists() and not os.access(dest, os.W_OK) and not os.access(parent, os.W_OK):
+        raise WriteError(f"{path}: cannot write (permission denied)")
+    return dest
+
+
+def _check_parent(path: str | os.PathLike[str], dest: Path) -> Path:
+    """The nearest existing directory above ``dest``, refused (naming ``path``) unless it accepts new entries."""
     parent = dest.parent
     while not parent.exists():
         if parent == parent.parent:
@@ -88,9 +116,7 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         why = "read-only file system" if _read_only(parent) else "permission denied"
         raise WriteError(f"{path}: cannot write ({why}: {parent})")
-    if dest.exists() and not os.access(dest, os.W_OK) and not os.access(parent, os.W_OK):
-        raise WriteError(f"{path}: cannot write (permission denied)")
-    return dest
+    return parent
 
 
 def _read_only(directory: Path) -> bool:
@@ -119,17 +145,21 @@ def _make_parents(directory: Path) -> list[Path]:
     return created
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` then fsync and rename ``tmp`` over ``path`` (see the module docstring for the rules).
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[Path], None], check: Callable[[Path], None] | None = None
+) -> Path:
+    """Call ``write(tmp)``, fsync, ``check(tmp)`` if given, then rename ``tmp`` over ``path`` (module docstring).
 
     ``tmp`` keeps the destination's suffix last (some writers, e.g. ``torch.export.save``, insist on it).
     Returns ``path``. Raises :class:`WriteError` naming ``path`` for file-system failures; an exception raised by
-    ``write`` itself propagates unchanged (after the clean-up).
+    ``write`` or ``check`` itself propagates unchanged (after the clean-up: no temporary file, no directory
+    created for the write, the destination as it was).
     """
     path = Path(path)
     dest = destination(path)
     created: list[Path] = []
     tmp: Path | None = None
+    done = False
     try:
         created = _make_parents(dest.parent)
         fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f"{TEMP_MARK}{dest.suffix}", dir=dest.parent)
@@ -140,24 +170,142 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if check is not None:
+            check(tmp)
         os.replace(tmp, dest)
         tmp = None
-        dir_fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        done = True
+        _fsync_dir(dest.parent)
     except OSError as e:
         raise WriteError(f"{path}: cannot write ({reason(e)})") from None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
-            for d in reversed(created):  # deepest first; only if still empty
-                try:
-                    d.rmdir()
-                except OSError:
-                    break
+        if not done:
+            _remove_empty(created)
     return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the directories a failed write created (deepest first; only while they are empty)."""
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
+def destination_dir(path: str | os.PathLike[str]) -> Path:
+    """The directory that a directory output at ``path`` fills: ``path``, or the target of a symlink to a
+    directory. Raises :class:`WriteError` when ``path`` exists and is not a directory."""
+    target, st = _target(path)
+    if st is None:
+        return target
+    if not stat.S_ISDIR(st.st_mode):
+        kind = "a file" if stat.S_ISREG(st.st_mode) else "a device, FIFO or socket"
+        raise WriteError(f"{path}: not a directory ({kind}; expected a directory name)")
+    return target
+
+
+def check_writable_dir(path: str | os.PathLike[str]) -> Path:
+    """:func:`check_writable` for a directory output (:func:`atomic_write_dir`); returns :func:`destination_dir`."""
+    dest = destination_dir(path)
+    if dest.exists():
+        if not os.access(dest, os.W_OK | os.X_OK):
+            why = "read-only file system" if _read_only(dest) else "permission denied"
+            raise WriteError(f"{path}: cannot write ({why})")
+        return dest
+    _check_parent(path, dest)
+    return dest
+
+
+def atomic_write_dir(
+    path: str | os.PathLike[str], write: Callable[[Path], None], check: Callable[[Path], None] | None = None
+) -> Path:
+    """Call ``write(tmp_dir)`` on a fresh temporary directory, ``check(tmp_dir)`` if given, then publish it at
+    ``path`` (module docstring: a new directory is renamed into place; an existing one has the new entries
+    replaced, its other entries kept). Returns ``path``; errors as :func:`atomic_write`.
+    """
+    path = Path(path)
+    dest = destination_dir(path)
+    existed = dest.exists()
+    created: list[Path] = []
+    tmp: Path | None = None
+    done = False
+    try:
+        if not existed:
+            created = _make_parents(dest.parent)
+        # beside a new destination (one rename publishes it); inside an existing one (each entry one rename)
+        home = dest if existed else dest.parent
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=TEMP_MARK, dir=home))
+        write(tmp)
+        _fsync_tree(tmp)
+        if check is not None:
+            check(tmp)
+        if existed:
+            _merge_into(tmp, dest, path)
+        else:
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a new directory follows the umask
+            os.rename(tmp, dest)
+            tmp = None
+        done = True
+        _fsync_dir(dest if existed else dest.parent)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write ({reason(e)})") from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            _remove_empty(created)
+    return path
+
+
+def _fsync_tree(root: Path) -> None:
+    for directory, _, names in os.walk(root):
+        for name in names:
+            p = Path(directory, name)
+            if p.is_file() and not p.is_symlink():
+                with open(p, "rb+") as f:
+                    os.fsync(f.fileno())
+
+
+def _merge_into(tmp: Path, dest: Path, shown: Path) -> None:
+    """Replace ``dest``'s entries by ``tmp``'s top-level ones: every conflict is found before anything moves."""
+    entries = sorted(tmp.iterdir())
+    for new in entries:
+        old = dest / new.name
+        if not os.path.lexists(old):
+            continue
+        if new.is_dir():
+            if old.is_symlink() or not old.is_dir():
+                raise WriteError(f"{shown / new.name}: not a directory; refusing to replace it")
+        else:
+            destination(old)  # a directory, FIFO ... there: one line naming it
+    for new in entries:
+        old = dest / new.name
+        if new.is_dir() and old.is_dir():
+            aside = Path(tempfile.mkdtemp(prefix=f".{new.name}.", suffix=f"{TEMP_MARK}.old", dir=dest))
+            os.rename(old, aside / new.name)
+            os.rename(new, old)
+            shutil.rmtree(aside, ignore_errors=True)
+        elif new.is_dir():
+            os.rename(new, old)
+        else:
+            real = destination(old)
+            if real.exists():
+                os.chmod(new, stat.S_IMODE(os.stat(real).st_mode))
+            if real.parent == dest:
+                os.replace(new, real)
+            else:  # a symlink out of the directory: written through, atomically in the target's directory
+                atomic_write(real, lambda t, src=new: shutil.copyfile(src, t))
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -166,13 +314,19 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def remove_stale_temps(directory: str | os.PathLike[str]) -> list[Path]:
-    """Delete the temporary files an interrupted write left in ``directory`` (``.NAME.XXXX.tmpSUFFIX``)."""
+    """Delete the temporary files (``.NAME.XXXX.tmpSUFFIX``) and directories (``.NAME.XXXX.tmp``) an interrupted
+    write left in ``directory``."""
     removed = []
     d = Path(directory)
     if not d.is_dir():
         return removed
     for p in d.iterdir():
-        if p.name.startswith(".") and TEMP_MARK in p.name and p.is_file() and not p.is_symlink():
+        if not (p.name.startswith(".") and TEMP_MARK in p.name) or p.is_symlink():
+            continue
+        if p.is_file():
             p.unlink(missing_ok=True)
+            removed.append(p)
+        elif p.is_dir() and p.name.endswith(TEMP_MARK):
+            shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed

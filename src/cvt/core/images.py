@@ -29,7 +29,13 @@ IMAGE_EXTENSIONS = frozenset(
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
-def walk_files(root: str | os.PathLike[str], onerror: Callable[[OSError], None] | None = None) -> Iterator[str]:
+def walk_files(
+    root: str | os.PathLike[str],
+    onerror: Callable[[OSError], None] | None = None,
+    *,
+    seen_dirs: set[tuple[int, int]] | None = None,
+    seen_files: set[tuple[int, int]] | None = None,
+) -> Iterator[str]:
     """Every file under ``root`` once, in sorted order, hidden files and folders skipped.
 
     Non-directories are all yielded (FIFOs and dangling links too: whoever opens them reports the problem for
@@ -38,10 +44,11 @@ def walk_files(root: str | os.PathLike[str], onerror: Callable[[OSError], None] 
     Symlinked folders are followed, but each real directory is entered once (tracked by device and inode), so a
     link loop or a link back to an ancestor cannot make the walk endless or repeat files; each real file is yielded
     once too (the first name met in sorted order), however many links point at it. ``onerror`` receives folders
-    that cannot be listed.
+    that cannot be listed. ``seen_dirs`` / ``seen_files`` (``(st_dev, st_ino)`` sets, updated) make several walks
+    one: see :func:`list_class_images`.
     """
-    seen_dirs: set[tuple[int, int]] = set()
-    seen_files: set[tuple[int, int]] = set()
+    seen_dirs = set() if seen_dirs is None else seen_dirs
+    seen_files = set() if seen_files is None else seen_files
     stack = [os.fspath(root)]
     while stack:
         directory = stack.pop()
@@ -78,6 +85,35 @@ def walk_files(root: str | os.PathLike[str], onerror: Callable[[OSError], None] 
 def list_images(root: str | os.PathLike[str], onerror: Callable[[OSError], None] | None = None) -> list[str]:
     """Image files (by extension) under ``root``: :func:`walk_files` order and rules, loop-safe."""
     return [p for p in walk_files(root, onerror) if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS]
+
+
+def list_class_images(
+    root: str | os.PathLike[str], onerror: Callable[[OSError], None] | None = None
+) -> dict[str, list[str]]:
+    """``{class folder name: [image paths]}`` for ``root/<class>/**/<image>``, every class folder included (empty
+    ones map to ``[]``), in sorted order, hidden folders skipped.
+
+    One walk for the whole data set: a real file is listed once, under the first class (in sorted order) that
+    reaches it, and no class walk enters ``root`` or another class's folder through a link (``cat/up -> ..``
+    would otherwise list every class's images again as ``cat``).
+    """
+    classes = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        try:
+            if not entry.name.startswith(".") and entry.is_dir():
+                st = entry.stat()
+                classes.append((entry.name, entry.path, (st.st_dev, st.st_ino)))
+        except OSError as e:
+            if onerror is not None:
+                onerror(e)
+    st = os.stat(root)
+    fenced = {(st.st_dev, st.st_ino)} | {key for _, _, key in classes}
+    seen_files: set[tuple[int, int]] = set()
+    found = {}
+    for name, path, key in classes:
+        walk = walk_files(path, onerror, seen_dirs=fenced - {key}, seen_files=seen_files)
+        found[name] = [p for p in walk if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS]
+    return found
 
 
 def load_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:

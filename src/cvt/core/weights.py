@@ -10,7 +10,19 @@ framework's own tensors (``framework="pt"`` etc., what ``safetensors.safe_open``
 Resolve (:func:`resolve`): the architecture is the ``name`` if given, else what the weight file says about itself
 (native files and HF directories describe themselves; an official ``.pth`` is recognised by its shapes). The spec
 (preprocessing, labels) is our native file's own, else the registry's for a released checkpoint name, else an HF
-directory's, else the released checkpoints' rule for the size. Every front-end (PyTorch, Keras, Flax) uses it.
+directory's, else the released checkpoints' rule for the size. Every front-end (PyTorch, Keras, Flax) and every
+``cvt`` verb uses it.
+
+The activation (:func:`file_activation`), first rule that applies: an explicit ``activation=`` (``--activation``),
+or a whole :class:`~cvt.core.config.CvTConfig` passed as ``name``; a native file's record (what the weights were
+made with); ``quick_gelu`` for a released checkpoint name (``cvt-13``, ``cvt-21-384-22k`` ...: what those weights
+were trained with, whether downloaded or given with ``weights=``); ``gelu`` for an HF directory (a ``config.json``
+of transformers' CvT: the exact GELU transformers computes); else ``quick_gelu`` (an official ``.pth``, the TF
+port's ``.h5``, a bare state dict, an architecture name alone: the official numerics).
+
+Fit (:func:`check_fits`): weights that do not fit the named architecture are refused before any model is built,
+with one line that leads with the two architectures (``holds a cvt-digits model (3 stages, widths 64/128/192,
+...), not cvt-13 (...)``) and then only counts the tensors that differ.
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ class LoadedArrays:
     path: Path  # the weight file actually read
     config: CvTConfig | None = None  # from native metadata or an HF config.json, when present
     spec: PretrainedSpec | None = None  # labels / preprocessing the file (or its directory) carries
+    described_by: str | None = None  # where ``config`` came from: "native" (our metadata) | "hf" (a config.json)
 
 
 def _is_array(v: Any) -> bool:
@@ -168,6 +181,7 @@ def read_arrays(
     out = LoadedArrays(sd, fmt, weight_file)
     if native.is_native(meta):
         out.config, out.spec = native.decode_metadata(meta, weight_file)
+        out.described_by = "native"
     config_json = weight_file.parent / "config.json"
     if out.config is None and config_json.is_file():
         try:
@@ -176,8 +190,10 @@ def read_arrays(
             raise WeightsError(f"{config_json}: not valid JSON ({first_line(e)})") from None
         if native.is_native(d):
             out.config, out.spec = native.decode_metadata(d, config_json)
+            out.described_by = "native"
         elif d.get("model_type") == "cvt":
             out.config = CvTConfig.from_hf_config(d)
+            out.described_by = "hf"
             pre = _hf_preprocess(weight_file.parent, out.config)
             out.spec = PretrainedSpec(preprocess=pre, labels=hf_labels(d), source=str(weight_file.parent))
     return out
@@ -202,8 +218,13 @@ def resolve(
     framework: str = "np",
     read_pickle: PickleReader | None = None,
     check: bool = True,
+    strict: bool = True,
 ) -> tuple[CvTConfig, PretrainedSpec, LoadedArrays | None]:
-    """``(architecture, spec, loaded weights or None)`` for a name / config and a weight source (module docstring)."""
+    """``(architecture, spec, loaded weights or None)`` for a name / config and a weight source (module docstring).
+
+    ``strict``: refuse weights that do not fit the architecture (:func:`check_fits`); off, a front-end may load
+    what fits (``cvt.create_model(..., strict=False)``).
+    """
     if isinstance(name, CvTConfig):
         config: CvTConfig | None = name
     elif name is not None:
@@ -226,13 +247,161 @@ def resolve(
         if loaded is None:
             raise ValueError("a model needs a name, a CvTConfig or weights=")
         config = loaded.config or infer_config(loaded.state_dict)
+    named = isinstance(name, str) and get_checkpoint(name) is not None  # a released checkpoint's name
+    if loaded is not None and not isinstance(name, CvTConfig):  # a config given whole keeps its activation
+        config = config.replace(activation=file_activation(loaded, released=named))
+    if loaded is not None and strict:
+        check_fits(config, loaded)
     file_spec = loaded.spec if loaded is not None else None
-    named = isinstance(name, str) and get_checkpoint(name) is not None
     if file_spec is not None and (loaded.source_format == "native" or not named):
         spec = file_spec
     else:
         spec = default_spec(config)
     return config, spec, loaded
+
+
+OFFICIAL_ACTIVATION = "quick_gelu"  # what the released weights were trained with (official .pth, TF-port .h5)
+
+
+def file_activation(loaded: LoadedArrays, released: bool = False) -> str:
+    """The activation weights run with when the caller names none (module docstring): a native file's record;
+    ``quick_gelu`` when ``released`` (the caller named a released checkpoint); ``gelu`` for an HF directory; else
+    ``quick_gelu``."""
+    if loaded.described_by == "native" and loaded.config is not None:
+        return loaded.config.activation
+    if released:
+        return OFFICIAL_ACTIVATION
+    return "gelu" if loaded.described_by == "hf" else OFFICIAL_ACTIVATION
+
+
+# ---------------------------------------------------------------------------- does a file fit an architecture?
+OPTIONAL_TENSORS = ("num_batches_tracked",)  # not every writer keeps it; it never changes a forward pass
+
+
+def expected_shapes(config: CvTConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a native state dict of ``config`` and its shape (PyTorch layouts), in the model's order.
+
+    The schema every front-end's model follows (tested against :class:`cvt.model.CvT`); framework-free, so a
+    file can be checked against an architecture before any model is built.
+    """
+    out: dict[str, tuple[int, ...]] = {}
+    c_in = config.in_chans
+    for i, s in enumerate(config.stages):
+        p, c = f"stages.{i}.", s.embed_dim
+        if s.cls_token:
+            out[p + "cls_token"] = (1, 1, c)
+        out[p + "patch_embed.proj.weight"] = (c, c_in, s.patch_size, s.patch_size)
+        out[p + "patch_embed.proj.bias"] = (c,)
+        out.update({p + "patch_embed.norm.weight": (c,), p + "patch_embed.norm.bias": (c,)})
+        hidden = int(c * s.mlp_ratio)
+        for j in range(s.depth):
+            b = f"{p}blocks.{j}."
+            out.update({b + "norm1.weight": (c,), b + "norm1.bias": (c,)})
+            for n, method in (("q", s.q_method), ("k", s.qkv_proj_method), ("v", s.qkv_proj_method)):
+                if method == "dw_bn":  # avg / linear projections hold no weights
+                    out[f"{b}attn.conv_proj_{n}.conv.weight"] = (c, 1, s.kernel_qkv, s.kernel_qkv)
+                    for leaf in ("weight", "bias", "running_mean", "running_var"):
+                        out[f"{b}attn.conv_proj_{n}.bn.{leaf}"] = (c,)
+                    out[f"{b}attn.conv_proj_{n}.bn.num_batches_tracked"] = ()
+            for n in ("q", "k", "v"):
+                out[f"{b}attn.proj_{n}.weight"] = (c, c)
+                if s.qkv_bias:
+                    out[f"{b}attn.proj_{n}.bias"] = (c,)
+            out.update({b + "attn.proj.weight": (c, c), b + "attn.proj.bias": (c,)})
+            out.update({b + "norm2.weight": (c,), b + "norm2.bias": (c,)})
+            out.update({b + "mlp.fc1.weight": (hidden, c), b + "mlp.fc1.bias": (hidden,)})
+            out.update({b + "mlp.fc2.weight": (c, hidden), b + "mlp.fc2.bias": (c,)})
+        c_in = c
+    out.update({"norm.weight": (config.num_features,), "norm.bias": (config.num_features,)})
+    if config.num_classes:
+        out.update({"head.weight": (config.num_classes, config.num_features), "head.bias": (config.num_classes,)})
+    return out
+
+
+def describe(config: CvTConfig) -> str:
+    """``3 stages, widths 64/192/384, depths 1/2/10, 1000 classes``: what tells architectures apart at a glance."""
+    widths = "/".join(str(s.embed_dim) for s in config.stages)
+    depths = "/".join(str(s.depth) for s in config.stages)
+    n = len(config.stages)
+    return f"{n} stage{'s' * (n != 1)}, widths {widths}, depths {depths}, {config.num_classes} classes"
+
+
+def check_fits(config: CvTConfig, loaded: LoadedArrays) -> None:
+    """Refuse (one :class:`WeightsError` line) weights that do not fit ``config``.
+
+    The head is not compared but for its width: a file's head of another class count becomes a new head
+    (:func:`with_overrides`). The message leads with both architectures when they differ at a glance
+    (:func:`describe`), then counts the tensors that differ and names the first.
+    """
+    sd = loaded.state_dict
+    file_classes = sd["head.weight"].shape[0] if "head.weight" in sd and len(sd["head.weight"].shape) == 2 else 0
+    want = expected_shapes(config.replace(num_classes=file_classes))
+    missing = [k for k in want if k not in sd and k.rsplit(".", 1)[-1] not in OPTIONAL_TENSORS]
+    unexpected = [k for k in sd if k not in want]
+    mismatched = [k for k in want if k in sd and tuple(sd[k].shape) != want[k]]
+    if not (missing or unexpected or mismatched):
+        return
+    counts = (
+        ", ".join(
+            f"{len(keys)} {label}"
+            for keys, label in ((mismatched, "mis-shaped"), (missing, "missing"), (unexpected, "unexpected"))
+            if keys
+        )
+        + f" of {len(want)} tensors"
+    )
+    if mismatched:
+        k = mismatched[0]
+        first = f"{k}: file {tuple(sd[k].shape)} vs model {want[k]}"
+    else:
+        first = (missing or unexpected)[0]
+    wanted = f"{config.name} ({describe(config)})"
+    held = _held(loaded)
+    if held is not None and _shape_of(held[1]) != _shape_of(config):
+        label, arch = held
+        raise WeightsError(f"{loaded.path}: holds a {label} model ({describe(arch)}), not {wanted}: {counts}")
+    raise WeightsError(f"{loaded.path}: weights do not fit {wanted}: {counts} (first: {first})")
+
+
+def _shape_of(config: CvTConfig) -> list[tuple[int, int]]:
+    return [(s.embed_dim, s.depth) for s in config.stages]
+
+
+def _held(loaded: LoadedArrays) -> tuple[str, CvTConfig] | None:
+    """``(label, architecture)`` of what a file's tensors make (``cvt-digits``, ``cvt-13-like``, ``custom``);
+    ``None`` when the file is too incomplete to describe (the key counts then say what is wrong)."""
+    try:
+        arch = infer_config(loaded.state_dict)
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError):
+        return None
+    recorded = loaded.config.name if loaded.config is not None and loaded.config.name != "custom" else None
+    return recorded or (f"{arch.name}-like" if arch.name != "custom" else "custom"), arch
+
+
+def hf_incompatibility(config: CvTConfig) -> str | None:
+    """Why transformers' ``CvtForImageClassification`` cannot run ``config`` as this library does, or ``None``.
+
+    From transformers' ``modeling_cvt.py``: only ``dw_bn`` projections are built (``avg`` / ``linear`` fail at run
+    time); every cls token gets the LAST stage's width; per-block drop-path rates are indexed by the stage, so a
+    stage ``i`` needs more than ``i`` blocks to be built at all; LayerNorms use eps 1e-5. (Its exact GELU is a
+    numerical difference, not a structural one: the caller decides what to say about a ``quick_gelu`` model.)
+    """
+    last = config.stages[-1].embed_dim
+    for i, s in enumerate(config.stages):
+        if s.qkv_proj_method != "dw_bn":
+            return f"stage {i} uses {s.qkv_proj_method!r} projections; transformers' CvT builds only 'dw_bn'"
+        if s.cls_token and s.embed_dim != last:
+            return (
+                f"stage {i} has a cls token of width {s.embed_dim}; transformers gives every cls token the last "
+                f"stage's width ({last})"
+            )
+        if s.depth <= i:
+            return (
+                f"stage {i} has {s.depth} block(s); transformers' CvT indexes drop-path rates by stage and cannot "
+                f"build stage {i} with fewer than {i + 1}"
+            )
+    if config.layer_norm_eps != 1e-5:
+        return f"layer_norm_eps is {config.layer_norm_eps}; transformers' CvT always uses 1e-5"
+    return None
 
 
 def with_overrides(
@@ -264,13 +433,40 @@ def with_overrides(
     return config, spec
 
 
+def save_safetensors_file(
+    tensors: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    metadata: dict[str, str] | None = None,
+    framework: str = "np",
+) -> None:
+    """safetensors' ``save_file`` (numpy or torch flavour) with its I/O failures raised as ``OSError``.
+
+    safetensors reports a full disk or a file-size limit as ``SafetensorError(... (os error 27))``: as an ``OSError``
+    it reaches :func:`~cvt.core.files.atomic_write`, which names the destination and the reason in one line.
+    """
+    import re
+
+    from safetensors import SafetensorError
+
+    if framework == "pt":  # asked for only by the torch front-end, which has imported torch already
+        from safetensors.torch import save_file
+    else:
+        from safetensors.numpy import save_file
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1]))) from None
+
+
 def save_native_arrays(
     state_dict: Mapping[str, Any], config: CvTConfig, path: str | os.PathLike[str], spec: PretrainedSpec | None = None
 ) -> Path:
     """Write numpy arrays (native names, PyTorch layouts) as our native ``.safetensors``, atomically."""
     import numpy as np
-    from safetensors.numpy import save_file
 
     arrays = {k: np.asarray(v, order="C") for k, v in state_dict.items()}  # NOTE: ascontiguousarray makes 0-d 1-d
     meta = native.encode_metadata(config, spec)
-    return atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata=meta))
+    return atomic_write(path, lambda tmp: save_safetensors_file(arrays, tmp, meta))

@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 from PIL import Image
 
 from ..core.errors import DataError, ImageError
-from ..core.images import list_images, load_image
+from ..core.images import list_class_images, load_image
 from ..core.labels import imagenet_wnids
 
 _SYNSET = re.compile(r"^n\d{8}$")
@@ -116,17 +117,21 @@ def class_list(names: Sequence[str]) -> list[str]:
     return names
 
 
-def scan_folder(root: str | os.PathLike[str]) -> dict[str, list[str]]:
-    """``{class name: [image paths]}`` for ``root/<class>/**/*.jpg`` (class folders that hold images)."""
+def scan_folder(root: str | os.PathLike[str], *, empty: list[str] | None = None) -> dict[str, list[str]]:
+    """``{class name: [image paths]}`` for ``root/<class>/**/*.jpg`` (class folders that hold images).
+
+    ``empty``: when given, the names of class folders holding no image are appended to it (training warns).
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
     found = {}
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.is_dir() and not entry.name.startswith("."):
-            files = list_images(entry.path)
-            if files:
-                found[entry.name] = files
+    # one walk for all classes: a real file counts once, and no link leads one class into another's folder
+    for name, files in list_class_images(root).items():
+        if files:
+            found[name] = files
+        elif empty is not None:
+            empty.append(name)
     if not found:
         raise DataError(f"{root}: no class folders with images (expected {root}/<class>/<image>)")
     return found
@@ -187,11 +192,61 @@ def _index(rows: Sequence[tuple[str, str]], classes: Sequence[str], where: str) 
 # ---------------------------------------------------------------------------- what training reads
 @dataclass
 class DataBundle:
-    """The two sources of a recipe and their classes."""
+    """The two sources of a recipe, their classes, and what messages call them (a folder, a list file)."""
 
     train: ImageFiles | DigitsImages
     val: ImageFiles | DigitsImages
     classes: list[str]
+    train_name: str = "the training set"
+    val_name: str = "the validation set"
+
+    def check_readable(self, warn: Callable[[str], None] | None = None) -> None:
+        """Refuse data that no image of can be read; warn (once) about classes none of whose images can be.
+
+        Decodes, in each training class, its images in order until one reads: one image per class for healthy
+        data, every file only of a class with none readable; then validation images until one reads. Raises
+        :class:`DataError` naming the split (a DataLoader worker would otherwise fail mid-epoch).
+        """
+        by_class: dict[int, list[int]] = {}
+        for i, y in enumerate(self.train.targets):
+            by_class.setdefault(y, []).append(i)
+        dead = {y: p for y, idx in sorted(by_class.items()) if (p := _none_readable(self.train, idx)) is not None}
+        if len(dead) == len(by_class):
+            first = next(iter(dead.values()), "no images")
+            raise DataError(f"{self.train_name}: no readable image among its {len(self.train)} files (first: {first})")
+        if dead:
+            names = [self.classes[y] for y in dead]
+            _warn(
+                warn,
+                f"warning: {self.train_name}: no readable image in class(es) {_shown(names)}; other images stand in "
+                f"for them (first: {next(iter(dead.values()))})",
+            )
+        bad = _none_readable(self.val, range(len(self.val)))
+        if bad is not None:
+            raise DataError(f"{self.val_name}: no readable image among its {len(self.val)} files (first: {bad})")
+
+
+def _none_readable(source: ImageFiles | DigitsImages, indices: Sequence[int]) -> str | None:
+    """None as soon as one of ``indices`` decodes; else the first file's problem (``path: reason``)."""
+    first = None
+    for i in indices:
+        try:
+            source.load(i)
+            return None
+        except ImageError as e:
+            first = first or _with_path(e, source.describe(i))
+    return first or "no images"
+
+
+def _shown(names: Sequence[str], limit: int = 10) -> str:
+    return ", ".join(names[:limit]) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _warn(warn: Callable[[str], None] | None, line: str) -> None:
+    if warn is None:
+        print(line, file=sys.stderr)
+    else:
+        warn(line)
 
 
 def build_sources(
@@ -204,21 +259,37 @@ def build_sources(
     split_seed: int = 0,
     max_train: int | None = None,
     max_val: int | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> DataBundle:
-    """Scan / read the data a recipe names. Raises :class:`DataError` (one line) before anything trains."""
+    """Scan / read the data a recipe names. Raises :class:`DataError` (one line) before anything trains.
+
+    ``warn`` gets the one ``warning: ...`` line about class folders holding no image (default: stderr).
+    """
     if kind == "digits":
         tr, va = digits_split(val_fraction, split_seed)
-        bundle = DataBundle(tr, va, list(tr.classes))
+        bundle = DataBundle(tr, va, list(tr.classes), "digits (training split)", "digits (held-out split)")
     elif kind == "folder":
         base = Path(str(root)).expanduser()
-        train_map = scan_folder(base / "train")
-        val_map = scan_folder(base / "val")
+        empty_train: list[str] = []
+        empty_val: list[str] = []
+        train_map = scan_folder(base / "train", empty=empty_train)
+        val_map = scan_folder(base / "val", empty=empty_val)
         classes = class_list(train_map)
+        if len(classes) < 2:  # an empty class folder is not a class: say so, rather than "1 class"
+            raise DataError(
+                f"data.root: {base / 'train'} has images in {len(classes)} class folder ({', '.join(classes)}); "
+                f"at least 2 classes are needed (class folders with no images: {_shown(empty_train) or 'none'})"
+            )
+        empty = [f"train/{c}" for c in empty_train] + [f"val/{c}" for c in empty_val]
+        if empty:  # silently dropping a class would train a head that cannot predict it
+            _warn(warn, f"warning: data.root: class folders with no images skipped: {_shown(empty)}")
         missing = sort_classes(set(val_map) - set(classes))
         if missing:
+            hollow = [f"train/{c}" for c in missing if c in empty_train]  # the folder is there, its images are not
             raise DataError(
                 f"data.root: classes in {base / 'val'} but not in {base / 'train'}: {', '.join(missing[:10])}"
-                f" (train classes: {', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''})"
+                f" (train classes: {', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''}"
+                f"{'; no images in ' + _shown(hollow) if hollow else ''})"
             )
         rows_tr = [(p, c) for c, files in train_map.items() for p in files]
         rows_va = [(p, c) for c, files in val_map.items() for p in files]
@@ -226,6 +297,8 @@ def build_sources(
             ImageFiles(_index(rows_tr, classes, "train"), classes),
             ImageFiles(_index(rows_va, classes, f"{base / 'val'}"), classes),
             classes,
+            str(base / "train"),
+            str(base / "val"),
         )
     elif kind == "list":
         rows_tr = read_list(str(train_list))
@@ -235,6 +308,8 @@ def build_sources(
             ImageFiles(_index(rows_tr, classes, str(train_list)), classes),
             ImageFiles(_index(rows_va, classes, f"data.val: {val_list}"), classes),
             classes,
+            str(train_list),
+            str(val_list),
         )
     else:
         raise DataError(f"data.kind: {kind!r} is not one of digits, folder, list")
@@ -264,7 +339,8 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 class TrainSet(torch.utils.data.Dataset):
     """``dataset[(index, epoch)] -> (image (3, S, S), class, skipped)``; corrupt images are substituted.
 
-    ``skipped`` is a tuple of ``"path: reason"`` strings for the unreadable files met on the way.
+    ``skipped`` is a tuple of ``(path, "path: reason")`` pairs for the unreadable files met on the way (the
+    path alone identifies a file: one met twice, as itself and as a stand-in, is counted once).
     """
 
     def __init__(self, source: Any, transform: Callable[[Image.Image, np.random.Generator], torch.Tensor], seed: int):
@@ -273,9 +349,9 @@ class TrainSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, tuple[str, ...]]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, tuple[tuple[str, str], ...]]:
         index, epoch = key
-        skipped: list[str] = []
+        skipped: list[tuple[str, str]] = []
         n = len(self.source)
         for attempt in range(n):
             j = (index + attempt) % n
@@ -283,10 +359,11 @@ class TrainSet(torch.utils.data.Dataset):
                 img, y = self.source.load(j)
                 x = self.transform(img, sample_rng(self.seed, epoch, index))
             except ImageError as e:
-                skipped.append(_with_path(e, self.source.describe(j)))
+                name = self.source.describe(j)
+                skipped.append((name, _with_path(e, name)))
                 continue
             return x, y, tuple(skipped)
-        raise DataError(f"no readable image in the training set ({skipped[0] if skipped else 'empty'})")
+        raise DataError(f"no readable image in the training set ({skipped[0][1] if skipped else 'empty'})")
 
 
 class EvalSet(torch.utils.data.Dataset):
@@ -324,69 +401,197 @@ def collate(batch: list[Item]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 
 
 # ---------------------------------------------------------------------------- evaluation class mapping
-def map_eval_classes(names: Sequence[str], num_classes: int, labels: Sequence[str] | None = None) -> dict[str, int]:
-    """Map evaluation class folders (or list labels) to the model's class indices.
+_INDEX_NAME = re.compile(r"^(?:LABEL_|class_)?(\d+)$")  # HF's LABEL_<i>, our class_<i>, or the bare index
 
-    In order: names that are the model's own labels map to them (a model trained here on folders ``cat``,
-    ``dog``); integer names are indices (ImageNet-V2 folders ``0..999``); ImageNet synset ids (``n01440764``)
-    map to the standard ImageNet-1k order (sorted ids: the order the 1000-class heads use); otherwise, when
-    there are exactly ``num_classes`` names, the sorted names. Anything else raises :class:`DataError`.
+
+class ClassMapping(dict[str, int]):
+    """``{class folder or list label: model class index}``, and the rule of :func:`map_eval_classes` that made it.
+
+    ``rule``: ``"labels"`` (by the model's class names), ``"index"`` (integer names), ``"synset"`` (ImageNet
+    synset ids, ImageNet-1k order) or ``"sorted"`` (a model without class names: sorted position, a guess);
+    ``note``: one line for the user when the mapping is a guess, else ``None``. Compares equal to a plain dict.
     """
-    names = list(names)
-    if labels and all(n in labels for n in names):
-        pos = {label: i for i, label in enumerate(labels)}
-        return {n: pos[n] for n in names}
-    if all(n.isdigit() for n in names):
-        bad = [n for n in names if int(n) >= num_classes]
+
+    def __init__(self, mapping: dict[str, int], rule: str, note: str | None = None):
+        super().__init__(mapping)
+        self.rule = rule
+        self.note = note
+
+
+def _few(names: Sequence[str], n: int = 10) -> str:
+    """``a, b, c`` for at most ``n`` names, then ``... (K in all)``."""
+    return ", ".join(names[:n]) + (f" ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def _model_labels(labels: Sequence[str] | str | None, num_classes: int) -> tuple[str, ...] | None:
+    """The model's class names in index order (``"imagenet-1k"`` expanded); ``None`` when it has none that fit."""
+    from ..core.labels import imagenet_labels
+    from ..core.spec import IMAGENET_1K
+
+    if isinstance(labels, str):
+        return tuple(imagenet_labels()) if labels == IMAGENET_1K and num_classes == 1000 else None
+    if labels is None or len(labels) != num_classes:  # names for another head size describe no output of this one
+        return None
+    return tuple(str(x) for x in labels)
+
+
+def _only_indices(labels: Sequence[str]) -> bool:
+    """Placeholder names that only restate each class's index (``LABEL_3``, ``class_3``, ``3`` at position 3)."""
+    return all((m := _INDEX_NAME.match(x)) is not None and int(m.group(1)) == i for i, x in enumerate(labels))
+
+
+def map_eval_classes(
+    names: Sequence[str],
+    num_classes: int,
+    labels: Sequence[str] | str | None = None,
+    what: str = "class folders",
+) -> ClassMapping:
+    """Map evaluation class folders (or list labels) to the model's class indices, by name whenever names exist.
+
+    In order: names that are all the model's own labels map to them (any subset of the classes); integer names
+    are indices (ImageNet-V2 folders ``0..999``; not when the model's real labels are themselves integers);
+    ImageNet synset ids (``n01440764``) map to the ImageNet-1k order for a 1000-class model. Past these, a model
+    with real class names (not ``None``, not placeholders such as HF's ``LABEL_<i>`` or ``"0".."K-1"``) raises
+    :class:`DataError` listing the names that match none of its labels. Only a model without names maps
+    exactly ``num_classes`` names by sorted position, and says so in the result's ``note``.
+
+    ``labels``: the model's names in index order, or ``"imagenet-1k"``; ``what``: the noun used in messages.
+    """
+    names = list(dict.fromkeys(names))
+    model = _model_labels(labels, num_classes)
+    real = model is not None and not _only_indices(model)
+    pos: dict[str, int] = {}
+    if model is not None:
+        for i, label in enumerate(model):
+            pos.setdefault(label, i)
+        if all(n in pos for n in names):
+            ambiguous = [n for n in names if model.count(n) > 1]
+            if ambiguous:
+                where = ", ".join(str(i) for i, label in enumerate(model) if label == ambiguous[0])
+                raise DataError(
+                    f"{what}: {ambiguous[0]!r} names more than one of the model's classes ({where}); "
+                    f"name them by class index or ImageNet synset id instead"
+                )
+            return ClassMapping({n: pos[n] for n in names}, "labels")
+    integer_labels = real and all(label.isdigit() for label in model or ())
+    if all(n.isdigit() for n in names) and not integer_labels:
+        bad = [n for n in sort_classes(names) if int(n) >= num_classes]
         if bad:
-            raise DataError(f"class folder {bad[0]!r} is not a class index of a {num_classes}-class model")
-        return {n: int(n) for n in names}
-    if all(_SYNSET.match(n) for n in names) and num_classes == 1000:
-        pos = {s: i for i, s in enumerate(imagenet_wnids())}  # standard order = sorted synset ids
-        unknown = [n for n in names if n not in pos]
+            raise DataError(
+                f"{what}: {bad[0]!r} is not a class index of a {num_classes}-class model (0..{num_classes - 1})"
+            )
+        return ClassMapping({n: int(n) for n in names}, "index")
+    if num_classes == 1000 and all(_SYNSET.match(n) for n in names):
+        wnids = {s: i for i, s in enumerate(imagenet_wnids())}  # standard order = sorted synset ids
+        unknown = [n for n in sort_classes(names) if n not in wnids]
         if unknown:
-            raise DataError(f"class folder {unknown[0]!r} is not an ImageNet-1k synset")
-        return {n: pos[n] for n in names}
+            raise DataError(f"{what}: not ImageNet-1k synsets: {_few(unknown)}")
+        return ClassMapping({n: wnids[n] for n in names}, "synset")
+    if real:
+        unmatched = [n for n in sort_classes(names) if n not in pos]
+        raise DataError(
+            f"{what}: {len(unmatched)} of {len(names)} match none of the model's labels: {_few(unmatched)} "
+            f"(the model's {num_classes} labels: {_few(list(model or ()))}); name them by the model's labels "
+            f"(a subset is fine) or by class index 0..{num_classes - 1}"
+        )
     if len(names) == num_classes:
-        return {n: i for i, n in enumerate(sort_classes(names))}
-    known = f" (the model's labels: {', '.join(list(labels)[:10])} ...)" if labels else ""
+        order = sort_classes(names)
+        why = "the model has no class names" if model is None else "the model's classes are named by index only"
+        shown = _few([f"{n}->{i}" for i, n in enumerate(order)])
+        return ClassMapping(
+            {n: i for i, n in enumerate(order)}, "sorted", f"{why}; {what} mapped in sorted order: {shown}"
+        )
     raise DataError(
-        f"cannot map {len(names)} class folders ({', '.join(sort_classes(names)[:5])} ...) to a "
-        f"{num_classes}-class model: name them by the model's labels, by index (0..{num_classes - 1}) or by "
-        f"ImageNet synset id{known}"
+        f"cannot map {len(names)} {what} ({_few(sort_classes(names), 5)}) to a {num_classes}-class model without class "
+        f"names: name them by class index (0..{num_classes - 1}) or ImageNet synset id, or give exactly one per class "
+        f"(mapped in sorted order)"
     )
 
 
-def eval_source(
-    data: str | os.PathLike[str],
-    num_classes: int,
-    labels: Sequence[str] | None = None,
-    digits_seed: int = 0,
-    digits_fraction: float = 0.2,
-) -> ImageFiles | DigitsImages:
-    """What ``cvt eval DATA`` reads: ``digits`` (the held-out split), a folder of class folders (or a folder
-    holding ``val/``), or a CSV/JSON list; classes mapped with :func:`map_eval_classes`."""
+@dataclass
+class EvalData:
+    """What ``cvt eval DATA`` names, found before any model is loaded (so a bad DATA fails in seconds).
+
+    ``rows``: ``(image path, class name as the data spells it)``; ``names``: the class names, sorted;
+    ``kind``: ``"folder"``, ``"list"`` or ``"digits"`` (no rows: the held-out split is built on demand).
+    """
+
+    where: str
+    rows: list[tuple[str, str]]
+    names: list[str]
+    kind: str
+
+
+def read_eval_data(data: str | os.PathLike[str]) -> EvalData:
+    """Scan ``digits``, a folder of class folders (or a data root holding ``val/``), or a CSV/JSON list; no image
+    is decoded. Raises :class:`DataError` (one line, naming the path) for anything else."""
+    from ..core.images import IMAGE_EXTENSIONS
+
     if str(data) == "digits":
-        return digits_split(digits_fraction, digits_seed)[1]
+        return EvalData("digits", [], [str(i) for i in range(10)], "digits")
     path = Path(data).expanduser()
     if path.is_file():
-        rows = read_list(path)
-        mapping = map_eval_classes(sort_classes({label for _, label in rows}), num_classes, labels)
-        return ImageFiles([(p, mapping[label]) for p, label in rows], _class_names(mapping, num_classes, labels))
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            raise DataError(f"{path}: an image; DATA is a folder of class folders, a CSV/JSON list or 'digits'")
+        try:
+            rows = read_list(path)
+        except (UnicodeDecodeError, csv.Error) as e:  # a binary file given as DATA
+            raise DataError(f"{path}: not a CSV/JSON list of path,label ({type(e).__name__})") from None
+        return EvalData(str(path), rows, sort_classes({label for _, label in rows}), "list")
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
+    if not path.is_dir():
+        raise DataError(f"{path}: not a folder, a list file or 'digits'")
     subdirs = {e.name for e in os.scandir(path) if e.is_dir()}
     if "val" in subdirs and subdirs <= {"train", "val", "test"}:  # a data root: evaluate its val/ split
         path = path / "val"
     found = scan_folder(path)
-    mapping = map_eval_classes(list(found), num_classes, labels)
-    samples = [(p, mapping[c]) for c, files in found.items() for p in files]
-    return ImageFiles(samples, _class_names(mapping, num_classes, labels))
+    rows = [(p, c) for c, files in found.items() for p in files]
+    return EvalData(str(path), rows, sort_classes(found), "folder")
 
 
-def _class_names(mapping: dict[str, int], num_classes: int, labels: Sequence[str] | None) -> list[str]:
-    if labels and len(labels) == num_classes:
-        return list(labels)
+class EvalFiles(ImageFiles):
+    """The :class:`ImageFiles` of an evaluation set, with the :class:`ClassMapping` that gave its targets."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str], mapping: ClassMapping):
+        super().__init__(samples, classes)
+        self.mapping = mapping
+
+
+def eval_source(
+    data: str | os.PathLike[str] | EvalData,
+    num_classes: int,
+    labels: Sequence[str] | str | None = None,
+    digits_seed: int = 0,
+    digits_fraction: float = 0.2,
+) -> EvalFiles | DigitsImages:
+    """What ``cvt eval DATA`` evaluates: ``data`` read with :func:`read_eval_data` (or already read), its classes
+    mapped to the model's with :func:`map_eval_classes` (``labels``: the model's names, or ``"imagenet-1k"``).
+
+    An :class:`EvalFiles` carries the mapping (``.mapping.note``: what to tell the user); ``digits`` gives the
+    held-out :class:`DigitsImages` (classes ``0..9``, mapped by the same rule). Raises :class:`DataError` naming
+    the data.
+    """
+    found = data if isinstance(data, EvalData) else read_eval_data(data)
+    what = {"folder": "class folders", "list": "list labels", "digits": "classes"}[found.kind]
+    try:
+        mapping = map_eval_classes(found.names, num_classes, labels, what)
+    except DataError as e:
+        raise DataError(f"{found.where}: {e}") from None
+    if found.kind == "digits":
+        held_out = digits_split(digits_fraction, digits_seed)[1]
+        if any(mapping[str(i)] != i for i in range(10)):  # a model naming its digit classes in another order
+            held_out = DigitsImages(held_out.images, np.asarray([mapping[str(t)] for t in held_out.targets]))
+        held_out.classes = _class_names(mapping, num_classes, labels)
+        return held_out
+    samples = [(p, mapping[c]) for p, c in found.rows]
+    return EvalFiles(samples, _class_names(mapping, num_classes, labels), mapping)
+
+
+def _class_names(mapping: dict[str, int], num_classes: int, labels: Sequence[str] | str | None) -> list[str]:
+    """One name per model class: the model's own names, else the data's names at their indices (``i`` elsewhere)."""
+    if labels is not None and not isinstance(labels, str) and len(labels) == num_classes:
+        return [str(x) for x in labels]
     names = [str(i) for i in range(num_classes)]
     for n, i in mapping.items():
         names[i] = n

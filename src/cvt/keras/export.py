@@ -75,27 +75,36 @@ def export_verified(
 ) -> float:
     """Export (``fmt``: ``"saved-model"`` or ``"litert"``) to a temporary path beside ``path``, reload it, compare
     with Keras eager on random inputs of several batch sizes, and publish it at ``path`` only if every output is
-    within ``atol``. Returns the largest difference; raises :class:`~cvt.core.errors.CvtError` otherwise.
+    within ``atol`` (:func:`cvt.core.files.atomic_write` / ``atomic_write_dir`` with ``check``: the rule of every
+    export). Returns the largest difference; raises :class:`~cvt.core.errors.CvtError` otherwise, leaving nothing
+    at ``path`` (an existing file or SavedModel there unchanged) and no temporary file.
     """
-    import shutil
-    import tempfile
+    import math
 
     import numpy as np
 
-    from ..core.errors import CvtError
-    from ..core.files import check_writable
+    from ..core.errors import CvtError, UsageError
+    from ..core.files import atomic_write, atomic_write_dir, check_writable, check_writable_dir
 
+    if fmt not in ("saved-model", "litert"):
+        raise UsageError(f"unknown Keras export format {fmt!r} (use saved-model or litert)")
+    if not (isinstance(atol, (int, float)) and math.isfinite(atol) and atol >= 0):
+        raise UsageError(f"atol: must be a finite number >= 0, got {atol}")  # inf / NaN would accept anything
     path = Path(path)
-    check_writable(path)  # before the slow trace
+    saved_model = fmt == "saved-model"
+    (check_writable_dir if saved_model else check_writable)(path)  # before the slow trace
     cfg = model.cvt_config
     size = image_size or cfg.img_size
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        tmp = tmp_dir / path.name
-        (export_saved_model if fmt == "saved-model" else export_litert)(model, tmp, size)
+    worst = 0.0
+
+    def write(tmp: Path) -> None:
+        # a SavedModel is written INTO the temporary directory, a LiteRT file over the temporary file
+        (export_saved_model if saved_model else export_litert)(model, tmp, size)
+
+    def verify(tmp: Path) -> None:
+        nonlocal worst
         run = run_exported(tmp, fmt)
         rng = np.random.default_rng(0)
-        worst = 0.0
         for b in batch_sizes:
             shape = (b, size, size, cfg.in_chans)
             if model.backbone.data_format == "channels_first":
@@ -107,9 +116,6 @@ def export_verified(
             raise CvtError(
                 f"{path}: the {fmt} export differs from Keras eager by {worst:.2e} (> atol {atol}); not written"
             )
-        if path.is_dir() and fmt == "saved-model":
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        return worst
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+    (atomic_write_dir if saved_model else atomic_write)(path, write, check=verify)
+    return worst

@@ -109,7 +109,8 @@ def load_state_dict(
 ) -> list[str]:
     """Assign a native numpy state dict to ``model``; returns notes (a new or dropped head).
 
-    Raises :class:`WeightsError` naming missing, unexpected and mis-shaped tensors (all of them, one line).
+    Raises :class:`WeightsError` counting missing, unexpected and mis-shaped tensors and naming the first of
+    each (one short line; :func:`create_model` checks a file against the architecture before building anything).
     A backbone ignores the file's ``norm.`` / ``head.`` tensors; a head of another class count stays fresh.
     """
     targets = native_variables(model)
@@ -136,8 +137,8 @@ def load_state_dict(
             own = _LAYOUTS[kind][1](np.empty(var.shape, np.int8)).shape  # the model's shape in PyTorch layout
             mismatched.append(f"{name}: file {tuple(np.shape(sd[name]))} vs model {tuple(own)}")
         values[name] = arr
-    problems = [
-        f"{label}: {', '.join(names[:5])}" + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    problems = [  # counts and the first name: one short line however far off the file is
+        f"{len(names)} {label} (first: {names[0]})"
         for label, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
         if names
     ]
@@ -180,7 +181,9 @@ def create_model(
         pretrained: download the released checkpoint ``name`` from the Hugging Face hub (cached).
         num_classes: head size; ``None`` keeps the file's, another number puts a fresh head on the loaded
             backbone (fine-tuning), ``0`` removes it (pooled features out).
-        activation: ``"quick_gelu"`` (official, the default) or ``"gelu"`` (HF numerics).
+        activation: ``"quick_gelu"`` or ``"gelu"``; default (:mod:`cvt.core.weights`): a native file's record,
+            else ``quick_gelu`` for a released checkpoint name, else ``gelu`` for an HF directory, else
+            ``quick_gelu`` (official ``.pth``, TF-port ``.h5``, an architecture name alone).
         data_format: ``"channels_last"`` (default: Keras' global setting) or ``"channels_first"``.
         classifier_activation: applied to the logits (``None``: logits; ``"softmax"``: probabilities).
         pooling: ``"token"`` / ``"avg"`` (``None``: the cls token when there is one).

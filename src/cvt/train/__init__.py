@@ -13,7 +13,7 @@ function); :func:`param_groups` puts no weight decay on norms, biases and the cl
 from .config import TrainConfig, TrainConfigError, load_config, validate
 from .loop import TrainingDiverged, train_one_epoch
 from .optim import build_optimizer, lr_at, param_groups
-from .runner import FitResult, dry_run, fit
+from .runner import FitResult, TrainInterrupted, dry_run, fit
 from .trainer import EpochStats, Trainer, TrainError, TrainState, setup
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "TrainConfig",
     "TrainConfigError",
     "TrainError",
+    "TrainInterrupted",
     "TrainState",
     "Trainer",
     "TrainingDiverged",

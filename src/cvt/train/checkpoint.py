@@ -16,7 +16,7 @@ that cvt 0.1, which restores them, can read these files (its own files also hold
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -34,9 +34,42 @@ class CheckpointError(CvtError, ValueError):
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (plus the format tag) to ``path``: temporary file, fsync, rename."""
+    """Write ``payload`` (plus the format tag) to ``path``: temporary file, fsync, rename.
+
+    A full disk is a :class:`~cvt.core.errors.WriteError` naming ``path`` (the old file stays as it was).
+    """
     payload = {"format": FORMAT, "version": VERSION, **payload}
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            sink = _KeepWriteError(f)
+            try:
+                torch.save(payload, sink)
+            except RuntimeError:
+                if sink.error is not None:  # the cause, which atomic_write turns into "no space left ..."
+                    raise sink.error from None
+                raise
+
+    return atomic_write(path, write)
+
+
+class _KeepWriteError:
+    """A file for ``torch.save`` that remembers the first failed write: torch's C++ writer reports a full disk
+    as ``RuntimeError: [enforce fail ...] unexpected pos``, with the ``OSError`` (ENOSPC, EFBIG) lost."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.errors import CvtError
-from .distributed import all_reduce_sum
+from ..core.errors import CvtError, first_line
+from .distributed import all_gather_objects, all_reduce_sum
 from .optim import set_lr
 from .trainer import EpochStats, Trainer, TrainState
 
-Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
+Batch = tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]  # images, labels, (path, message) skipped
 
 
 class TrainingDiverged(CvtError, RuntimeError):
@@ -54,7 +54,8 @@ def train_one_epoch(
 ) -> EpochStats:
     """Train epoch ``state.epoch`` from its optimizer step ``state.step_in_epoch`` to its end.
 
-    ``loader`` yields ``accum_steps`` micro-batches per optimizer step: ``(x (b, 3, H, W), y (b,), skipped)``.
+    ``loader`` yields ``accum_steps`` micro-batches per optimizer step: ``(x (b, 3, H, W), y (b,), skipped)``,
+    ``skipped`` the ``(path, message)`` pairs of the unreadable files met (counted once each per epoch).
     ``state.step`` (global optimizer steps so far) drives the LR schedule and the per-step seeds; ``state.sums``
     holds what a resumed epoch had measured. ``on_step(step, step_in_epoch, stats)`` runs after every optimizer
     step (mid-epoch checkpoints). Returns the whole epoch's stats, summed over processes. Raises
@@ -62,7 +63,7 @@ def train_one_epoch(
     """
     t, run, accum = trainer, trainer.cfg.run, trainer.cfg.optim.accum_steps
     epoch, step = state.epoch, state.step
-    stats = dataclasses.replace(state.sums, skipped_files=[])
+    stats = dataclasses.replace(state.sums, skipped_files={**state.sums.skipped_files})
     batches = iter(loader)
     t.forward.train()
     bar = _progress_bar(run.progress and t.dist.is_main, t.steps_per_epoch, state.step_in_epoch, epoch)
@@ -74,9 +75,10 @@ def train_one_epoch(
             manual_seed(step_seed(run.seed, epoch, step, t.dist.rank), t.device)
             # One small vector reduced once per step: loss sum, correct, images, skipped, non-finite flag.
             sums = torch.zeros(5, dtype=torch.float64, device=t.device)
+            skipped: list[tuple[str, str]] = []
             for a in range(accum):
-                x, y, bad = next(batches)
-                stats.skipped_files += bad[: max(0, 20 - len(stats.skipped_files))]
+                x, y, bad = _next_batch(batches)
+                skipped += bad
                 per_sample, logits, y = _forward_backward(t, x, y, [run.seed, epoch, step, a, 0x313], a == accum - 1)
                 sums[0] += per_sample.sum().double()
                 sums[1] += (logits.argmax(dim=1) == y).sum()
@@ -91,8 +93,10 @@ def train_one_epoch(
                 )
             _update(t)
             step += 1
+            if sums[3] > 0:  # rare: only then do processes exchange names (a file counts once, whoever met it)
+                stats.add_skipped(pair for names in all_gather_objects(skipped, t.dist) for pair in names)
             dt = time.perf_counter() - t0
-            stats.add(*sums[:4].tolist(), seconds=dt)
+            stats.add(*sums[:3].tolist(), seconds=dt)
             if bar is not None:
                 loss, images_per_s = float(sums[0] / sums[2]), float(sums[2]) / max(dt, 1e-9)
                 bar.set_postfix_str(f"loss {loss:.4f}  lr {lr:.2e}  {images_per_s:.0f} img/s", refresh=False)
@@ -100,6 +104,17 @@ def train_one_epoch(
             if on_step is not None:
                 on_step(step, k + 1, stats)
     return stats
+
+
+def _next_batch(batches: Iterator[Batch]) -> Batch:
+    """The next micro-batch. A cvt error raised in a DataLoader worker arrives with the worker's traceback in its
+    message: keep the original one line (the ``--debug`` traceback still has it all)."""
+    try:
+        return next(batches)
+    except CvtError as e:
+        if "\n" not in str(e):
+            raise
+        raise type(e)(first_line(e, limit=2000)) from e
 
 
 def _forward_backward(

@@ -2,8 +2,9 @@
 
 ``fit`` = :func:`~cvt.train.trainer.setup` -> restore (``--resume``) -> for each epoch:
 :func:`~cvt.train.loop.train_one_epoch`, evaluate, checkpoint -> the final weights, plots and summary.
-``dry_run`` = ``setup`` without a model. A run leaves the process as it found it (torch threads,
-``cudnn.benchmark``, the global torch generators, the process group it joined).
+``dry_run`` = the same ``setup`` and restore, writing nothing. A run leaves the process as it found it (torch
+threads, ``cudnn.benchmark``, the global torch generators, the process group it joined). Ctrl-C stops it with
+:class:`TrainInterrupted` (exit status 130), naming the last checkpoint and the command that continues it.
 
 What a run directory holds (rank 0 alone writes it)::
 
@@ -26,6 +27,7 @@ import dataclasses
 import functools
 import json
 import os
+import shlex
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,9 +47,26 @@ from . import distributed
 from .baseline import svc_baseline
 from .config import TrainConfig, default_out_dir, load_config
 from .loop import TrainingDiverged, train_one_epoch
-from .trainer import EpochStats, Trainer, TrainError, TrainState, setup, tensorboard_writer
+from .trainer import EpochStats, Trainer, TrainError, TrainState, check_out, setup, tensorboard_writer
 
 Recipe = TrainConfig | str | os.PathLike[str] | Mapping[str, Any] | None
+
+
+class TrainInterrupted(TrainError):
+    """Ctrl-C during a run: the message names the last checkpoint and the command that continues the run.
+
+    Every file was written atomically, so the run directory holds only whole files.
+    """
+
+    exit_code = 130  # what a shell reports for SIGINT
+
+
+@dataclass
+class _LastCheckpoint:
+    """``last.pt`` as this run last wrote (or resumed from) it: what the message of an interrupted run names."""
+
+    path: Path | None = None
+    at: str = ""
 
 
 @dataclass
@@ -61,8 +80,9 @@ class FitResult:
     best_weights: Path | None
     last_checkpoint: Path | None
     train_seconds: float
-    skipped_images: int
+    skipped_images: int  # distinct unreadable training files over the run
     baseline: dict[str, float] = field(default_factory=dict)  # digits: {"svc_rbf_top1": ...}
+    skipped_files: list[str] = field(default_factory=list)  # their paths
 
     @property
     def final(self) -> dict[str, Any]:
@@ -86,54 +106,102 @@ def fit(
         out: the run directory (default ``run.out``, else ``runs/<recipe name>``).
         resume: continue from ``OUT/last.pt`` (model, optimizer, scaler, EMA, epoch, step, sampler
             position); starts fresh, saying so, when there is none.
-        overwrite: start again in a directory that holds a run (its files are replaced).
+        overwrite: start again in a directory that holds a run (its files are removed first).
         model: train this module instead of building ``model.name`` / ``model.spec`` (it must return
             ``(B, num_classes)`` logits for the data's classes).
         echo: where progress lines go (rank 0 only).
 
     Raises :class:`~cvt.train.config.TrainConfigError` / :class:`~cvt.core.errors.DataError` /
-    :class:`TrainError` before training for bad recipes and data; :class:`TrainingDiverged` on a NaN/inf loss.
+    :class:`~cvt.core.errors.WriteError` / :class:`TrainError` before training for bad recipes, data and run
+    directories; :class:`TrainingDiverged` on a NaN/inf loss; :class:`TrainInterrupted` on Ctrl-C.
     """
     notes: list[str] = []
     cfg = _resolved(config, overrides, out, notes)
     with _process_group():
         t = setup(cfg, out=cfg.run.out, resume=resume, overwrite=overwrite, model=model, echo=echo)
-        for note in notes:
-            t.echo(note)
-        with _process_settings(t):
-            state = _restore(t) if t.resume_from is not None else TrainState()
-            if resume and t.resume_from is None:
-                t.echo(f"no checkpoint in {t.out}: starting a fresh run")
-            if t.dist.is_main:
-                text = "# resolved recipe written by cvt train; run it again with: cvt train --config THIS_FILE\n"
-                atomic_write(t.out / "config.yaml", lambda tmp: tmp.write_text(text + cfg.to_yaml()))
-            _announce(t)
-            with _tensorboard(t) as tb, _name_last_good_checkpoint(t):
-                t_run, first = time.perf_counter(), state.epoch
-                for epoch in range(state.epoch, cfg.schedule.epochs):
-                    t.sampler.set_epoch(epoch, state.step_in_epoch)
-                    stats = train_one_epoch(t, state, t.train_loader, on_step=functools.partial(_mid_epoch, t, state))
-                    record = _record(t, state, stats)
-                    state = state.end_epoch(record, stats)
-                    _save(t, ckpt.LAST, state)
-                    if state.best_epoch == epoch + 1:
-                        _save(t, ckpt.BEST, state)
-                        _export(t, "best.safetensors")
-                    _log(t, record, tb, stats, time.perf_counter() - t_run, epoch + 1 - first)
-            return _finish(t, state)
+        last = _LastCheckpoint()
+        try:
+            return _train(t, cfg, notes, resume, last)
+        except KeyboardInterrupt:
+            raise TrainInterrupted(_interrupted(t, last, config, overrides)) from None
 
 
-def dry_run(config: Recipe = None, *, overrides: Sequence[str] = (), out: str | os.PathLike[str] | None = None) -> str:
-    """What ``cvt train --dry-run`` prints: the resolved recipe (YAML) and ``# ok: NAME, N training / M validation
-    images, K classes``, after the checks a real start makes (:func:`setup` without a model: nothing is written)."""
+def _train(t: Trainer, cfg: TrainConfig, notes: list[str], resume: bool, last: _LastCheckpoint) -> FitResult:
+    for note in notes:
+        t.echo(note)
+    with _process_settings(t):
+        state = _restore(t, last) if t.resume_from is not None else TrainState()
+        if resume and t.resume_from is None:
+            t.echo(f"no checkpoint in {t.out}: starting a fresh run")
+        if t.dist.is_main:
+            text = "# resolved recipe written by cvt train; run it again with: cvt train --config THIS_FILE\n"
+            atomic_write(t.out / "config.yaml", lambda tmp: tmp.write_text(text + cfg.to_yaml()))
+        _announce(t)
+        with _tensorboard(t) as tb, _name_last_good_checkpoint(t):
+            t_run, first = time.perf_counter(), state.epoch
+            for epoch in range(state.epoch, cfg.schedule.epochs):
+                t.sampler.set_epoch(epoch, state.step_in_epoch)
+                on_step = functools.partial(_mid_epoch, t, state, last)
+                stats = train_one_epoch(t, state, t.train_loader, on_step=on_step)
+                record = _record(t, state, stats)
+                state = state.end_epoch(record, stats)
+                _save(t, ckpt.LAST, state, last)
+                if state.best_epoch == epoch + 1:
+                    _save(t, ckpt.BEST, state)
+                    _export(t, "best.safetensors")
+                _log(t, state.history, tb, stats, time.perf_counter() - t_run, epoch + 1 - first)
+        return _finish(t, state)
+
+
+def dry_run(
+    config: Recipe = None,
+    *,
+    overrides: Sequence[str] = (),
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> str:
+    """What ``cvt train --dry-run`` prints: the resolved recipe (YAML), notes, what the run directory would see,
+    and ``# ok: NAME, N training / M validation images, K classes``.
+
+    Runs every check a real start makes (:func:`setup` itself, the model built and its weights loaded, and with
+    ``resume`` the checkpoint loaded into it) and fails as that start would, in the same one line; nothing is
+    written or removed.
+    """
     notes: list[str] = []
     cfg = _resolved(config, overrides, out, notes)
     with _process_group():
-        t = setup(cfg, out=cfg.run.out, build_model=False)
+        t = setup(cfg, out=cfg.run.out, resume=resume, overwrite=overwrite, echo=notes.append, dry_run=True)
+        if t.resume_from is not None:
+            _restore(t, _LastCheckpoint(), write=False)  # a checkpoint for another model or data fails here too
     name = t.model_config.name if t.model_config is not None else "model"
     d = t.data
     ok = f"# ok: {name}, {len(d.train)} training / {len(d.val)} validation images, {len(d.classes)} classes"
-    return "\n".join([cfg.to_yaml().rstrip("\n"), *(f"# {n}" for n in notes), ok])
+    return "\n".join([cfg.to_yaml().rstrip("\n"), *(f"# {n}" for n in [*notes, _out_note(t)]), ok])
+
+
+def _out_note(t: Trainer) -> str:
+    """What a real start would do with the run directory."""
+    if t.resume_from is not None:
+        return f"out: {t.out}: would resume from {t.resume_from}"
+    held = check_out(t.out, overwrite=True)  # setup let them pass: --overwrite, or --resume without a checkpoint
+    if held:
+        return f"out: {t.out}: would remove the earlier run's files ({', '.join(held)})"
+    return f"out: {t.out}: a new run"
+
+
+def _interrupted(t: Trainer, last: _LastCheckpoint, config: Recipe, overrides: Sequence[str]) -> str:
+    """The one line for Ctrl-C: where the run can continue from, and the exact command that continues it."""
+    words = ["cvt", "train"]
+    if config is None or isinstance(config, (str, os.PathLike)):
+        words += ["--config", os.fspath(config)] if config is not None else []
+        words += [w for o in overrides for w in ("--set", o)]
+    else:  # a recipe given as Python objects: the resolved copy the run wrote
+        words += ["--config", str(t.out / "config.yaml")]
+    command = shlex.join([*words, "--out", str(t.out), "--resume"])
+    if last.path is None:
+        return f"interrupted before the first checkpoint (nothing to resume); start again with: {command}"
+    return f"interrupted; the last checkpoint is {last.path} ({last.at}); continue with: {command}"
 
 
 def _resolved(config: Recipe, overrides: Sequence[str], out: Any, notes: list[str]) -> TrainConfig:
@@ -193,7 +261,8 @@ def _name_last_good_checkpoint(t: Trainer) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def _save(t: Trainer, name: str, state: TrainState) -> None:
+def _save(t: Trainer, name: str, state: TrainState, last: _LastCheckpoint | None = None) -> None:
+    """Checkpoint ``name`` (rank 0); ``last`` notes it once it is whole on disk."""
     if t.dist.is_main:
         ckpt.save_checkpoint(
             t.out / name,
@@ -209,13 +278,24 @@ def _save(t: Trainer, name: str, state: TrainState) -> None:
                 "classes": list(t.data.classes),
             },
         )
+    if last is not None:
+        last.path, last.at = t.out / name, _at(state)
 
 
-def _mid_epoch(t: Trainer, state: TrainState, step: int, k: int, stats: EpochStats) -> None:
+def _at(state: TrainState) -> str:
+    """Where a checkpoint of ``state`` continues: ``epoch 2, step 3`` (mid-epoch) or ``the end of epoch 1``."""
+    return (
+        f"epoch {state.epoch + 1}, step {state.step_in_epoch}"
+        if state.step_in_epoch
+        else f"the end of epoch {state.epoch}"
+    )
+
+
+def _mid_epoch(t: Trainer, state: TrainState, last: _LastCheckpoint, step: int, k: int, stats: EpochStats) -> None:
     """Every ``run.checkpoint_every_steps`` optimizer steps inside an epoch: ``last.pt`` at that point."""
     every = t.cfg.run.checkpoint_every_steps
     if every and k % every == 0 and k < t.steps_per_epoch:
-        _save(t, ckpt.LAST, dataclasses.replace(state, step=step, step_in_epoch=k, sums=stats))
+        _save(t, ckpt.LAST, dataclasses.replace(state, step=step, step_in_epoch=k, sums=stats), last)
 
 
 def _export(t: Trainer, name: str) -> None:
@@ -224,7 +304,9 @@ def _export(t: Trainer, name: str) -> None:
         save_native(t.eval_model.state_dict(), t.model_config, t.out / name, t.spec)
 
 
-def _restore(t: Trainer) -> TrainState:
+def _restore(t: Trainer, last: _LastCheckpoint, write: bool = True) -> TrainState:
+    """Load ``t.resume_from`` into the run's pieces (checking it fits the recipe and the data); ``write``: rewrite
+    ``metrics.jsonl`` to what the checkpoint knows (the dry run writes nothing)."""
     path = t.resume_from
     ck = ckpt.load_checkpoint(path)
     if ck.get("classes") != list(t.data.classes):
@@ -243,15 +325,12 @@ def _restore(t: Trainer) -> TrainState:
     if t.ema is not None and ck.get("ema"):
         t.ema.load_state_dict(ck["ema"])
     state = TrainState.from_dict(ck["state"])
-    at = (
-        f"epoch {state.epoch + 1}, step {state.step_in_epoch}"
-        if state.step_in_epoch
-        else f"the end of epoch {state.epoch}"
-    )
-    t.echo(f"resumed from {path} at {at} (global step {state.step})")
+    last.path, last.at = path, _at(state)
+    if not write:
+        return state
+    t.echo(f"resumed from {path} at {last.at} (global step {state.step})")
     if t.dist.is_main:  # the log may hold lines written after this checkpoint: rewrite it from the state
-        lines = "".join(json.dumps(h) + "\n" for h in state.history)
-        atomic_write(t.out / "metrics.jsonl", lambda tmp: tmp.write_text(lines))
+        _write_metrics(t, state.history)
     return state
 
 
@@ -267,8 +346,10 @@ def _record(t: Trainer, state: TrainState, stats: EpochStats) -> dict[str, Any]:
         "train_top1": stats.correct / max(stats.images, 1),
         "train_images_per_s": stats.images / max(stats.seconds, 1e-9),
         "epoch_seconds": stats.seconds,
-        "skipped_images": int(stats.skipped),
+        "skipped_images": int(stats.skipped),  # distinct files this epoch
     }
+    if stats.skipped_files:
+        record["skipped_files"] = list(stats.skipped_files)[:5]
     if epoch % t.cfg.run.eval_every == 0 or epoch == t.cfg.schedule.epochs:
         distributed.broadcast_buffers(t.eval_model, t.dist)
         sum_over_processes = functools.partial(distributed.all_reduce_sum, info=t.dist)
@@ -285,11 +366,17 @@ def _record(t: Trainer, state: TrainState, stats: EpochStats) -> dict[str, Any]:
     return record
 
 
-def _log(t: Trainer, record: dict[str, Any], tb: Any, stats: EpochStats, elapsed: float, done_here: int) -> None:
-    """``metrics.jsonl``, TensorBoard and the progress line."""
+def _write_metrics(t: Trainer, history: list[dict[str, Any]]) -> None:
+    """``metrics.jsonl``, one line per epoch, rewritten whole (atomically: never a half line after a crash)."""
+    lines = "".join(json.dumps(h) + "\n" for h in history)
+    atomic_write(t.out / "metrics.jsonl", lambda tmp: tmp.write_text(lines))
+
+
+def _log(t: Trainer, history: list[dict[str, Any]], tb: Any, stats: EpochStats, elapsed: float, done_here: int) -> None:
+    """``metrics.jsonl``, TensorBoard and the progress line for the epoch ``history[-1]`` describes."""
+    record = history[-1]
     if t.dist.is_main:
-        with open(t.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        _write_metrics(t, history)
         for k, v in record.items():
             if tb is not None and isinstance(v, (int, float)) and k != "epoch":
                 tb.add_scalar(k, v, record["epoch"])
@@ -301,9 +388,8 @@ def _log(t: Trainer, record: dict[str, Any], tb: Any, stats: EpochStats, elapsed
         f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.4f} top-1 {100 * r['train_top1']:.1f}%{val}"
         f"  lr {r['lr']:.2e}  {r['train_images_per_s']:.0f} img/s  {r['epoch_seconds']:.1f}s  eta {_fmt_time(eta)}"
     )
-    if stats.skipped:
-        first = stats.skipped_files[0] if stats.skipped_files else "?"
-        t.echo(f"  skipped {int(stats.skipped)} unreadable image(s) this epoch (first: {first})")
+    if stats.skipped_files:
+        t.echo(f"  {_skipped(stats.skipped_files, ' this epoch')}")
 
 
 # ---------------------------------------------------------------------------- start and end
@@ -340,6 +426,7 @@ def _finish(t: Trainer, state: TrainState) -> FitResult:
         train_seconds=state.train_seconds,
         skipped_images=state.skipped_total,
         baseline=baseline,
+        skipped_files=list(state.skipped_files),
     )
     _export(t, "final.safetensors")  # the weights the run ended with
     if t.dist.is_main:
@@ -356,6 +443,7 @@ def _finish(t: Trainer, state: TrainState) -> FitResult:
             "baseline": baseline,
             "train_seconds": result.train_seconds,
             "skipped_images": result.skipped_images,
+            "skipped_files": result.skipped_files[:20],
             "classes": list(t.data.classes),
             "model": name,
             "parameters": sum(p.numel() for p in t.model.parameters()),
@@ -363,9 +451,19 @@ def _finish(t: Trainer, state: TrainState) -> FitResult:
         }
         text = json.dumps(summary, indent=2) + "\n"
         atomic_write(out / "summary.json", lambda tmp: tmp.write_text(text))
-        t.echo(_table(state.history, result, out, curve))
+        t.echo(_table(state.history, result, out, curve, state.skipped_files))
     distributed.barrier(t.dist)
     return result
+
+
+def _skipped(files: dict[str, str], when: str = "") -> str:
+    """``N unreadable file(s) skipped WHEN: a.png (its reason), b.png, c.png and 2 more``."""
+    names = list(files)
+    first = files[names[0]]
+    reason = first[len(names[0]) + 2 :] if first.startswith(f"{names[0]}: ") else first
+    shown = ", ".join([f"{names[0]} ({reason})", *names[1:3]])
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return f"{len(names)} unreadable file(s) skipped{when}: {shown}{more}"
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -379,7 +477,9 @@ def _fmt_time(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def _table(history: list[dict[str, Any]], res: FitResult, out: Path, curve: Path | None) -> str:
+def _table(
+    history: list[dict[str, Any]], res: FitResult, out: Path, curve: Path | None, skipped_files: dict[str, str]
+) -> str:
     rows = history if len(history) <= 12 else history[:3] + history[-8:]
     lines = [
         "",
@@ -405,7 +505,7 @@ def _table(history: list[dict[str, Any]], res: FitResult, out: Path, curve: Path
         if "svc_rbf_top1" in res.baseline:
             line += f"   |   scikit-learn SVC (RBF) on the same split: {100 * res.baseline['svc_rbf_top1']:.2f}%"
         lines.append(line)
-    skipped = f"; {res.skipped_images} unreadable images skipped" if res.skipped_images else ""
+    skipped = f"; {_skipped(skipped_files)}" if skipped_files else ""
     lines.append(f"training time: {res.train_seconds:.1f} s over {len(history)} epochs{skipped}")
     files = [
         p.name
@@ -416,4 +516,4 @@ def _table(history: list[dict[str, Any]], res: FitResult, out: Path, curve: Path
     return "\n".join(lines)
 
 
-__all__ = ["FitResult", "TrainError", "TrainingDiverged", "dry_run", "fit"]
+__all__ = ["FitResult", "TrainError", "TrainInterrupted", "TrainingDiverged", "dry_run", "fit"]

@@ -1,9 +1,10 @@
 """``setup(cfg) -> Trainer``: everything a run is made of, built in one pass; and :class:`TrainState`, where it is.
 
-:func:`setup` only constructs (data sources and transforms, the run directory check, the model, optimizer,
-``GradScaler``, EMA, sampler, LR schedule and loaders) and reports every problem with the recipe or the data
-before a model exists. ``setup(..., build_model=False)`` is the dry run: the same checks, no model, no file
-touched. What then happens to the pieces is :func:`cvt.train.loop.train_one_epoch` and :func:`cvt.train.fit`.
+:func:`setup` only constructs (the run directory check, data sources and transforms, the model, optimizer,
+``GradScaler``, EMA, sampler, LR schedule and loaders) and reports every problem with the recipe, the run
+directory or the data before a model exists. ``setup(..., dry_run=True)`` is the dry run: the very same
+steps (the model built and its weights loaded too), only the run directory is left as it is (no file removed
+or written). What then happens to the pieces is :func:`cvt.train.loop.train_one_epoch` and :func:`cvt.train.fit`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import shutil
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,8 @@ import torch
 from torch import nn
 
 from ..core.config import CvTConfig
-from ..core.errors import CvtError, UsageError
+from ..core.errors import CvtError, UsageError, WriteError
+from ..core.files import TEMP_MARK, check_writable, remove_stale_temps
 from ..core.hub import download_checkpoint
 from ..core.presets import get_checkpoint
 from ..core.spec import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess, PretrainedSpec
@@ -61,17 +64,26 @@ class EpochStats:
     loss: float = 0.0  # sum of per-sample losses
     correct: float = 0.0  # argmax == original label (on augmented, possibly mixed, images)
     images: float = 0.0
-    skipped: float = 0.0  # unreadable images substituted
+    skipped: float = 0.0  # distinct unreadable files met (a file is counted once, however often it was met)
     seconds: float = 0.0
-    skipped_files: list[str] = field(default_factory=list)  # the first few, this process (not checkpointed)
+    skipped_files: dict[str, str] = field(default_factory=dict)  # path -> "path: reason", every process's
 
-    def add(self, loss: float, correct: float, images: float, skipped: float, seconds: float) -> None:
+    def add(self, loss: float, correct: float, images: float, seconds: float) -> None:
         """Count one more optimizer step."""
         self.loss, self.correct, self.images = self.loss + loss, self.correct + correct, self.images + images
-        self.skipped, self.seconds = self.skipped + skipped, self.seconds + seconds
+        self.seconds += seconds
 
-    def to_dict(self) -> dict[str, float]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "skipped_files"}
+    def add_skipped(self, files: Iterable[tuple[str, str]]) -> None:
+        """Note unreadable files (``(path, message)`` pairs); one met again is not counted again."""
+        for name, message in files:
+            self.skipped_files.setdefault(name, message)
+        self.skipped = float(len(self.skipped_files))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+            "skipped_files": {**self.skipped_files},
+        }
 
 
 @dataclass
@@ -85,8 +97,9 @@ class TrainState:
     best: float | None = None  # best validation top-1 so far
     best_epoch: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch (metrics.jsonl)
-    skipped_total: int = 0
+    skipped_total: int = 0  # distinct unreadable files over the run
     train_seconds: float = 0.0
+    skipped_files: dict[str, str] = field(default_factory=dict)  # path -> "path: reason", over the run
 
     def to_dict(self) -> dict[str, Any]:
         """Plain python types only (a checkpoint loads with ``weights_only=True``)."""
@@ -94,6 +107,7 @@ class TrainState:
             **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
             "sums": self.sums.to_dict(),
             "history": [dict(h) for h in self.history],
+            "skipped_files": {**self.skipped_files},
         }
 
     @classmethod
@@ -104,20 +118,22 @@ class TrainState:
         """The state after the epoch ``record`` describes (``record["val_top1"]`` may make it the best)."""
         top1 = record.get("val_top1")
         better = top1 is not None and (self.best is None or top1 > self.best)
+        new = {k: v for k, v in stats.skipped_files.items() if k not in self.skipped_files}
         return TrainState(
             epoch=self.epoch + 1,
             step=record["step"],
             best=top1 if better else self.best,
             best_epoch=record["epoch"] if better else self.best_epoch,
             history=[*self.history, record],
-            skipped_total=self.skipped_total + int(stats.skipped),
+            skipped_total=self.skipped_total + len(new),  # files of earlier epochs are not counted again
             train_seconds=self.train_seconds + stats.seconds,
+            skipped_files={**self.skipped_files, **new},
         )
 
 
 @dataclass
 class Trainer:
-    """The pieces of one run (see :func:`setup`); a dry run has no model, optimizer or loaders."""
+    """The pieces of one run (see :func:`setup`; a dry run's are the same, built and never run)."""
 
     cfg: TrainConfig
     out: Path
@@ -158,17 +174,21 @@ def setup(
     overwrite: bool = False,
     model: nn.Module | None = None,
     echo: Callable[[str], None] = print,
-    build_model: bool = True,
+    dry_run: bool = False,
 ) -> Trainer:
     """Build a run from ``cfg`` (see :func:`cvt.train.fit` for the arguments), reporting problems cheapest first.
 
     Under torchrun this joins the process group (leave it with :func:`cvt.train.distributed.cleanup`).
-    ``build_model=False``: the dry run (recipe, data paths, data, device, packages, the architecture for these
-    classes, the batch split), with no model built and no file touched. Raises :class:`TrainConfigError`,
-    :class:`~cvt.core.errors.DataError` or :class:`TrainError` (one line).
+    Checks, in order: the recipe and the paths it names; ``out`` (a directory this process can write, holding
+    no other run's files unless ``resume`` / ``overwrite``); packages and device; the data (scanned, at least
+    one readable image, each class's checked); the model (built, weights loaded), optimizer, AMP, EMA and
+    loaders. Only then, unless ``dry_run``, does it touch ``out``: ``overwrite`` removes the earlier run's
+    files, ``resume`` the temporary files of an interrupted write. Raises :class:`TrainConfigError`,
+    :class:`~cvt.core.errors.DataError`, :class:`~cvt.core.errors.WriteError` or :class:`TrainError` (one line).
     """
     out = Path(out)
     validate(cfg, check_paths=True)
+    leftovers = check_out(out, resume=resume, overwrite=overwrite)
     if cfg.run.tensorboard:
         tensorboard_writer()
     try:
@@ -176,8 +196,9 @@ def setup(
     except UsageError as e:
         raise TrainConfigError(f"run.device: {e}") from None
     echo = echo if info.is_main else _silent
+    warn = _stderr if info.is_main else _silent
     d, a, run = cfg.data, cfg.augment, cfg.run
-    data = _sources(d)
+    data = _sources(d, warn)
     mean, std = tuple(d.mean or IMAGENET_MEAN), tuple(d.std or IMAGENET_STD)
     pre = EvalPreprocess(img_size=d.img_size, crop_pct=d.crop_pct, interpolation=d.interpolation, mean=mean, std=std)
     spec = PretrainedSpec(pre, tuple(data.classes), source="cvt train")
@@ -188,11 +209,7 @@ def setup(
         len(data.train), d.batch_size, rank=info.rank, world_size=info.world_size, accum_steps=accum, seed=run.seed
     )
     lr = _schedule(cfg, sampler.steps_per_epoch)
-    dry = Trainer(cfg, out, info, device, data, spec, model_config, sampler, lr, echo)
-    if not build_model:
-        return dry
-
-    resume_from = _prepare_out(out, resume, overwrite, info)
+    resume_from = ckpt.find_last(out) if resume else None
     raw = _placed(model if model is not None else _build_model(cfg, model_config, echo), cfg, info, device, echo)
     if model_config is not None:
         raw.config, raw.pretrained_cfg = model_config, spec
@@ -202,8 +219,19 @@ def setup(
     ema = ModelEma(raw, run.ema) if run.ema else None
     mixup = MixupCutmix(num_classes, a.mixup, a.cutmix, a.mix_prob, a.switch_prob, a.label_smoothing)
     train_loader, val_loader = _loaders(cfg, data, pre, sampler, info, device)
-    return dataclasses.replace(
-        dry,
+    if not dry_run:  # every check passed: only now may an earlier run's files go
+        _clear_out(out, leftovers, resume_from, info, echo)
+    return Trainer(
+        cfg,
+        out,
+        info,
+        device,
+        data,
+        spec,
+        model_config,
+        sampler,
+        lr,
+        echo,
         resume_from=resume_from,
         model=raw,
         forward=_wrapped(raw, cfg, info, device),
@@ -221,6 +249,10 @@ def _silent(_line: str) -> None:
     pass
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def tensorboard_writer() -> type:
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -229,7 +261,7 @@ def tensorboard_writer() -> type:
     return SummaryWriter
 
 
-def _sources(d: DataSection) -> DataBundle:
+def _sources(d: DataSection, warn: Callable[[str], None]) -> DataBundle:
     """The recipe's training and validation images (every problem with them is reported here, before a model)."""
     data = build_sources(
         d.kind,
@@ -240,11 +272,14 @@ def _sources(d: DataSection) -> DataBundle:
         split_seed=d.split_seed,
         max_train=d.max_train_samples,
         max_val=d.max_val_samples,
+        warn=warn,
     )
     if len(data.train) < d.batch_size:
         raise TrainConfigError(
             f"data.batch_size: {d.batch_size} is larger than the training set ({len(data.train)} images)"
         )
+    # Here, in this process: a file no worker can read fails in a DataLoader worker, mid-epoch, otherwise.
+    data.check_readable(warn)
     return data
 
 
@@ -350,20 +385,60 @@ def _config_of(model: nn.Module, num_classes: int) -> CvTConfig | None:
     return config.replace(num_classes=num_classes) if isinstance(config, CvTConfig) else None
 
 
-def _prepare_out(out: Path, resume: bool, overwrite: bool, info: DistInfo) -> Path | None:
-    """Refuse to start over a run unless told; clear it for ``overwrite``. Returns the checkpoint to resume from."""
-    last = ckpt.find_last(out)
-    if last is not None and not resume and not overwrite:
+def check_out(out: Path, *, resume: bool = False, overwrite: bool = False) -> list[str]:
+    """Refuse, before any data or model, a run directory this run cannot use; returns what another run left in it.
+
+    ``out`` must be a directory (or not exist yet) whose files this process can write. Files of another run
+    (:data:`OWNED_FILES`, ``tensorboard/``, temporary files of an interrupted write) refuse a fresh start:
+    a stale ``metrics.jsonl`` or ``summary.json`` would otherwise be mixed with, or mistaken for, this run's.
+    Nothing is written or removed here.
+    """
+    if out.exists() and not out.is_dir():
+        raise WriteError(f"{out}: not a directory (--out names the run directory)")
+    above = next((p for p in out.parents if p.exists()), None)
+    if not out.exists() and above is not None and not above.is_dir():
+        raise WriteError(f"{out}: cannot create the run directory ({above} is not a directory)")
+    for name in OWNED_FILES:  # the directory, or the nearest existing parent, accepts new files; none is a folder
+        check_writable(out / name)
+    if not out.is_dir():
+        return []
+    leftovers = [name for name in OWNED_FILES if (out / name).exists()]
+    leftovers += ["tensorboard/"] if (out / "tensorboard").is_dir() else []
+    leftovers += sorted(p.name for p in out.iterdir() if p.name.startswith(".") and TEMP_MARK in p.name)
+    if leftovers and not (resume or overwrite):
+        held = f"{', '.join(leftovers[:5])}{' ...' if len(leftovers) > 5 else ''}"
+        if ckpt.find_last(out) is not None:
+            raise TrainError(
+                f"{out}: already holds a run ({held}): add --resume to continue it, --overwrite to start again, "
+                "or choose another --out"
+            )
         raise TrainError(
-            f"{out} already holds a run ({last.name}): add --resume to continue it, --overwrite to start again, "
-            "or choose another --out"
+            f"{out}: holds files of an earlier run but no checkpoint to continue ({held}): add --overwrite to "
+            "start again, or choose another --out"
         )
-    if overwrite and not resume and info.is_main:
-        for name in OWNED_FILES:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    return leftovers
+
+
+def _clear_out(
+    out: Path, leftovers: list[str], resume_from: Path | None, info: DistInfo, echo: Callable[[str], None]
+) -> None:
+    """Make ``out`` ready for writing: a fresh start (``--overwrite``, or ``--resume`` with no checkpoint to continue)
+    removes the earlier run's files; a resumed run keeps them (its metrics are rewritten from the checkpoint) but
+    loses the temporary files of an interrupted write."""
+    if info.is_main and leftovers:
+        if resume_from is not None:
+            stale = remove_stale_temps(out)
+            if stale:
+                names = ", ".join(p.name for p in stale)
+                echo(f"removed {len(stale)} temporary file(s) of an interrupted write: {names}")
+        else:
+            for name in leftovers:
+                if name == "tensorboard/":
+                    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+                else:
+                    (out / name).unlink(missing_ok=True)
+            echo(f"removed the earlier run's files from {out}: {', '.join(leftovers)}")
     distributed.barrier(info)
-    return ckpt.find_last(out) if resume else None
 
 
 def _build_model(cfg: TrainConfig, config: CvTConfig, echo: Callable[[str], None]) -> nn.Module:

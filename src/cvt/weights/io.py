@@ -4,7 +4,8 @@ Read: every layout :mod:`cvt.core.weights` reads (official ``.pth``, HF director
 ``.safetensors``), as torch tensors; this module adds the pickle reader, which only ever opens files with
 ``torch.load(weights_only=True)``. Load: :func:`load_state_dict` with a readable report.
 
-Write (always atomically, :func:`cvt.core.files.atomic_write`): native, HF directory, official ``.pth``.
+Write (always atomically, :func:`cvt.core.files.atomic_write` / ``atomic_write_dir``): native, HF directory,
+official ``.pth``.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import torch
 
 from ..core import native
 from ..core.config import CvTConfig
-from ..core.errors import WeightsError, first_line
-from ..core.files import atomic_write, write_text
+from ..core.errors import ConversionError, WeightsError, first_line
+from ..core.files import atomic_write, atomic_write_dir
 from ..core.keys import convert_state_dict
 from ..core.spec import PretrainedSpec
-from ..core.weights import LoadedArrays, read_arrays
+from ..core.weights import OPTIONAL_TENSORS, LoadedArrays, hf_incompatibility, read_arrays, save_safetensors_file
 
 LoadedWeights = LoadedArrays  # with torch tensors as values
 
@@ -76,6 +77,19 @@ class LoadReport:
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
+    def short(self) -> str:
+        """Counts and the first name of each kind: what one error line can hold."""
+        parts = [
+            f"{len(items)} {title} (first: {items[0]})"
+            for title, items in (
+                ("missing in file", self.missing),
+                ("not in model", self.unexpected),
+                ("shape mismatch", self.mismatched),
+            )
+            if items
+        ]
+        return "; ".join(parts) or "all keys matched"
+
     def __str__(self) -> str:
         lines = []
         for title, items in (
@@ -95,8 +109,10 @@ def load_state_dict(
     """Load a native state dict into ``model``, reporting missing, unexpected and mis-shaped keys.
 
     A head whose class count differs from the model's is left out (the model keeps its fresh head):
-    that is fine-tuning, and it is noted in the report rather than treated as an error.
-    With ``strict`` any other mismatch raises :class:`WeightsError` carrying the report.
+    that is fine-tuning, and it is noted in the report rather than treated as an error. A missing
+    ``num_batches_tracked`` is no error (not every writer keeps it; it never changes a forward pass).
+    With ``strict`` any other mismatch raises :class:`WeightsError` with the counts (one short line; files are
+    checked against the architecture before a model is built, :func:`cvt.core.weights.check_fits`).
     """
     own = model.state_dict()
     sd = dict(sd)
@@ -116,7 +132,7 @@ def load_state_dict(
         report.notes.append("head dropped: model has num_classes=0")
         sd.pop("head.weight")
         sd.pop("head.bias", None)
-    report.missing = [k for k in own if k not in sd and not k.startswith("head.")]
+    report.missing = [k for k in own if k not in sd and not k.startswith("head.") and not k.endswith(OPTIONAL_TENSORS)]
     report.missing += [k for k in own if k.startswith("head.") and k not in sd and not head_changed]
     report.unexpected = [k for k in sd if k not in own]
     report.mismatched = [  # in model order: the first lines of the report are the first layers
@@ -125,7 +141,7 @@ def load_state_dict(
         if k in sd and sd[k].shape != v.shape
     ]
     if strict and not report.ok:
-        raise WeightsError(f"{source}: weights do not fit this architecture: {report}")
+        raise WeightsError(f"{source}: weights do not fit this architecture: {report.short()}")
     usable = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(usable, strict=False)
     return report
@@ -137,10 +153,8 @@ def _contiguous(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_safetensors(sd: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
-    from safetensors.torch import save_file
-
     sd = _contiguous(sd)
-    return atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=metadata))
+    return atomic_write(path, lambda tmp: save_safetensors_file(sd, tmp, metadata, framework="pt"))
 
 
 def save_native(
@@ -149,30 +163,47 @@ def save_native(
     """Our format: ``.safetensors`` with the config and spec JSON in its metadata (self-describing, one file).
 
     If ``path`` does not end in ``.safetensors`` it is a directory that gets ``model.safetensors`` and a
-    ``config.json``.
+    ``config.json`` (published together: :func:`cvt.core.files.atomic_write_dir`).
     """
     path = Path(path)
     meta = native.encode_metadata(config, spec)
     if path.suffix == ".safetensors":
         return save_safetensors(sd, path, meta)
-    save_safetensors(sd, path / "model.safetensors", meta)
     doc = {"format_tag": native.FORMAT_TAG, "config": config.to_dict()}
     if spec is not None:
         doc["spec"] = spec.to_dict()
-    write_text(path / "config.json", json.dumps(doc, indent=2) + "\n")
-    return path
+    tensors = _contiguous(sd)
+
+    def write(tmp: Path) -> None:
+        save_safetensors_file(tensors, tmp / "model.safetensors", meta, framework="pt")
+        (tmp / "config.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+    return atomic_write_dir(path, write)
 
 
 def save_hf(
     sd: Mapping[str, torch.Tensor], config: CvTConfig, directory: str | os.PathLike[str],
     labels: list[str] | None = None,
 ) -> Path:  # fmt: skip
-    """An HF directory (``config.json`` + ``model.safetensors``) for ``CvtForImageClassification``."""
+    """An HF directory (``config.json`` + ``model.safetensors``) for ``CvtForImageClassification``.
+
+    Refuses (:class:`ConversionError`, before writing) a model transformers' CvT cannot build or would compute
+    differently in structure (:func:`cvt.core.weights.hf_incompatibility`). transformers always computes exact
+    GELU: a ``quick_gelu`` model is written all the same (as the released checkpoints on the hub were), and
+    its logits there differ slightly; ``cvt convert`` says so.
+    """
     directory = Path(directory)
-    hf_sd = convert_state_dict(sd, "native", "hf")
-    save_safetensors(hf_sd, directory / "model.safetensors", {"format": "pt"})
-    write_text(directory / "config.json", json.dumps(config.to_hf_config(labels), indent=2) + "\n")
-    return directory
+    problem = hf_incompatibility(config)
+    if problem is not None:
+        raise ConversionError(f"{directory}: cannot write an HF directory: {problem}")
+    hf_sd = _contiguous(convert_state_dict(sd, "native", "hf"))
+    hf_config = json.dumps(config.to_hf_config(labels), indent=2) + "\n"
+
+    def write(tmp: Path) -> None:
+        save_safetensors_file(hf_sd, tmp / "model.safetensors", {"format": "pt"}, framework="pt")
+        (tmp / "config.json").write_text(hf_config, encoding="utf-8")
+
+    return atomic_write_dir(directory, write)
 
 
 def save_official(sd: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> Path:
