@@ -46,7 +46,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
             try:
                 torch.save(payload, sink)
             except RuntimeError:
-                if sink.error is not None:  # the cause, which atomic_write turns into "no space left ..."
+                if sink.error is not None:  # the cause: "no space left ..." (atomic_write), or Ctrl-C (fit)
                     raise sink.error from None
                 raise
 
@@ -54,17 +54,18 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
 
 class _KeepWriteError:
-    """A file for ``torch.save`` that remembers the first failed write: torch's C++ writer reports a full disk
-    as ``RuntimeError: [enforce fail ...] unexpected pos``, with the ``OSError`` (ENOSPC, EFBIG) lost."""
+    """A file for ``torch.save`` that remembers why the first write failed: torch's C++ writer turns any
+    exception of a write into ``RuntimeError: [enforce fail ...] unexpected pos``, losing a full disk's
+    ``OSError`` (ENOSPC, EFBIG) and a ``KeyboardInterrupt`` that arrived during the write."""
 
     def __init__(self, f: BinaryIO):
         self.f = f
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
 
     def write(self, data: Any) -> int:
         try:
             return self.f.write(data)
-        except OSError as e:
+        except BaseException as e:  # kept, and re-raised as itself by save_checkpoint
             self.error = self.error or e
             raise
 
