@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,3 +125,24 @@ def _chattr(flag: str, path: Path) -> bool:
         return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
     except OSError:
         return False
+
+
+def temp_files(root: Path) -> list[Path]:
+    """The temporary files and directories of interrupted writes (``.NAME.XXXX.tmp...``) anywhere under ``root``."""
+    return sorted(p for p in root.rglob(".*") if ".tmp" in p.name and not p.is_symlink())
+
+
+def tree_fingerprint(root: Path) -> dict[str, tuple]:
+    """Kind and content of everything under ``root``: 'unchanged' means equal fingerprints."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = os.lstat(p)
+        out[str(p)] = (stat.S_IFMT(st.st_mode), p.read_bytes() if stat.S_ISREG(st.st_mode) else None)
+    return out
+
+
+def path_state(path: Path) -> object:
+    """A directory's listing (hidden temporary files included), a file's bytes, or None when absent."""
+    if path.is_dir():
+        return sorted(os.listdir(path))
+    return path.read_bytes() if path.exists() else None

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import cvt.commands.bench as bench_command
-from conftest import read_only_dir
+from conftest import path_state, read_only_dir
 from cvt import bench
 from cvt.bench import Case, Report, Result, build_pair, format_table, make_step, run_benchmark
 from cvt.cli import main
@@ -166,19 +166,13 @@ ROWS = [
 ]  # fmt: skip
 
 
-def _state(path: Path) -> object:
-    if path.is_dir():
-        return sorted(os.listdir(path))
-    return path.read_bytes() if path.exists() else None
-
-
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
 def test_cvt_bench_hostile_arguments(row: Row, world: Path, capsys, monkeypatch):
     if row.id == "json-read-only" and os.access(world / "ro", os.W_OK):
         pytest.skip("root ignores permission bits, and the immutable flag is not available here")
     # every refusal comes before the benchmark: one that waited for it (minutes on a real model) trips this
     monkeypatch.setattr(bench_command, "run_benchmark", lambda *a, **k: pytest.fail("the benchmark started"))
-    before = _state(world / row.dest) if row.dest else None
+    before = path_state(world / row.dest) if row.dest else None
     t0 = time.perf_counter()
     try:
         code = main(["bench", "--model", "cvt-tiny", "--no-peer", "--no-memory", *row.args(world)])
@@ -192,5 +186,5 @@ def test_cvt_bench_hostile_arguments(row: Row, world: Path, capsys, monkeypatch)
     assert len(lines) == 1 and lines[0].startswith("cvt bench: error: ") and row.says in lines[0], lines
     assert code == row.code
     if row.dest:
-        assert _state(world / row.dest) == before, f"{row.dest} changed"
+        assert path_state(world / row.dest) == before, f"{row.dest} changed"
     assert seconds < 10

@@ -1,13 +1,13 @@
 """Key conversion is data: round trips are exact and every key of every layout is explained."""
 
 import os
-import stat
 from pathlib import Path
 
 import pytest
 import torch
 
 import cvt
+from conftest import temp_files, tree_fingerprint
 from cvt.cli import main
 from cvt.core.keys import ConversionError, convert_state_dict, detect_format, rename_key, to_native
 from cvt.model import CvT
@@ -92,18 +92,6 @@ def tiny_file(tmp_path):
     return save_native(model.state_dict(), model.config, tmp_path / "src" / "tiny.safetensors")
 
 
-def _temps(root):
-    return sorted(str(p) for p in root.rglob(".*") if ".tmp" in p.name)
-
-
-def _fingerprint(root):
-    out = {}
-    for p in sorted(root.rglob("*")):
-        st = os.lstat(p)
-        out[str(p)] = (stat.S_IFMT(st.st_mode), p.read_bytes() if stat.S_ISREG(st.st_mode) else None)
-    return out
-
-
 # (destination kind, layout, what the one line says); every row also runs with --force
 DESTINATIONS = [
     ("directory", "native", "is a directory"),
@@ -142,7 +130,7 @@ def test_unusable_destinations_are_refused_before_the_work(tiny_file, tmp_path, 
             os.mkfifo(dest)
         elif kind == "file":
             dest.write_text("a file\n")
-        before = _fingerprint(out)
+        before = tree_fingerprint(out)
 
         def no_work(*a, **k):  # the destination is checked before the weights are even read
             raise AssertionError("the conversion ran before the destination was checked")
@@ -152,7 +140,7 @@ def test_unusable_destinations_are_refused_before_the_work(tiny_file, tmp_path, 
             assert main(["convert", str(tiny_file), str(dest), "--to", to, *force]) == 1
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and err.startswith(f"cvt convert: error: {dest}: ") and says in err, err
-            assert _fingerprint(out) == before and _temps(tmp_path) == []
+            assert tree_fingerprint(out) == before and temp_files(tmp_path) == []
     finally:
         os.chmod(out / "ro", 0o755)
 
@@ -169,7 +157,7 @@ def test_symlinked_destination_is_written_through(tiny_file, tmp_path, capsys, t
     assert main(["convert", str(tiny_file), str(link), "--to", to, "--force"]) == 0
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert cvt.create_model(weights=target).config.stages == cvt.get_config("cvt-tiny").stages
-    assert _temps(tmp_path) == []
+    assert temp_files(tmp_path) == []
 
 
 def test_hf_refuses_what_transformers_cannot_run_and_leaves_nothing(tmp_path, capsys):

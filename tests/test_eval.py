@@ -16,7 +16,7 @@ from PIL import Image
 import cvt
 import cvt.commands.eval as eval_command
 import cvt.train.plots
-from conftest import read_only_dir
+from conftest import path_state, read_only_dir
 from cvt.cli import main
 from cvt.core.labels import imagenet_wnids
 from cvt.data.datasets import DataError, EvalFiles, eval_source, map_eval_classes
@@ -337,24 +337,17 @@ def _lines(argv: list[str], capsys) -> tuple[int, list[str], str, float]:
     return code, lines, out + err, seconds
 
 
-def _state(path: Path) -> object:
-    """A directory's listing (hidden temporary files included), a file's bytes, or None when absent."""
-    if path.is_dir():
-        return sorted(os.listdir(path))
-    return path.read_bytes() if path.exists() else None
-
-
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
 def test_cvt_eval_hostile_arguments(row: Row, world: Path, capsys, monkeypatch):
     if row.before_load:  # a check that waited for the model would trip this
         monkeypatch.setattr(eval_command, "_load", lambda *a: pytest.fail("the model was loaded before the check"))
-    before = _state(world / row.dest) if row.dest else None
+    before = path_state(world / row.dest) if row.dest else None
     code, lines, everything, seconds = _lines(row.argv(world), capsys)
     assert "Traceback" not in everything
     assert len(lines) == 1 and lines[0].startswith("cvt eval: error: ") and row.says in lines[0], lines
     assert code == row.code
     if row.dest:
-        assert _state(world / row.dest) == before, f"{row.dest} changed"
+        assert path_state(world / row.dest) == before, f"{row.dest} changed"
     assert seconds < 10
 
 

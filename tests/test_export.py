@@ -1,13 +1,12 @@
 """Every export format reloads and matches eager within 1e-4 on several shapes (dynamic batch and size)."""
 
 import os
-import stat
 
 import pytest
 import torch
 
 import cvt
-from conftest import randomize_norms
+from conftest import randomize_norms, temp_files, tree_fingerprint
 from cvt.cli import main
 from cvt.core.errors import UsageError
 from cvt.export import ExportError, export_model
@@ -62,8 +61,6 @@ def test_cli_export(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- published only once verified
-def _temps(root):
-    return sorted(p.name for p in root.rglob(".*") if ".tmp" in p.name)
 
 
 def test_a_failed_verification_publishes_nothing(tiny, tmp_path):
@@ -79,7 +76,7 @@ def test_a_failed_verification_publishes_nothing(tiny, tmp_path):
     dest.write_bytes(b"the previous export")
     with pytest.raises(ExportError, match="not written"):
         export_model(tiny, dest, fmt, atol=1e-30)
-    assert dest.read_bytes() == b"the previous export" and _temps(tmp_path) == []
+    assert dest.read_bytes() == b"the previous export" and temp_files(tmp_path) == []
 
 
 def test_cli_failed_export_keeps_the_old_file_even_with_force(tmp_path, capsys):
@@ -89,7 +86,7 @@ def test_cli_failed_export_keeps_the_old_file_even_with_force(tmp_path, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"cvt export: error: {dest}: torchscript output differs")
-    assert dest.read_bytes() == b"the previous export" and _temps(tmp_path) == []
+    assert dest.read_bytes() == b"the previous export" and temp_files(tmp_path) == []
 
 
 @pytest.mark.parametrize("atol", [-1.0, float("nan"), float("inf")])
@@ -120,22 +117,13 @@ def _destinations(tmp_path):
     }
 
 
-def _fingerprint(root):
-    """Kind and content of everything under ``root``: 'unchanged' means equal fingerprints."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        st = os.lstat(p)
-        out[str(p)] = (stat.S_IFMT(st.st_mode), p.read_bytes() if stat.S_ISREG(st.st_mode) else None)
-    return out
-
-
 @pytest.mark.parametrize("kind", ["directory", "fifo", "under-a-file", "under-read-only"])
 def test_unusable_destinations_are_refused_before_the_trace(tmp_path, capsys, monkeypatch, kind):
     if kind == "under-read-only" and os.geteuid() == 0:
         pytest.skip("root writes through permission bits")
     try:
         dest, says = _destinations(tmp_path)[kind]
-        before = _fingerprint(tmp_path)
+        before = tree_fingerprint(tmp_path)
 
         def no_trace(*a, **k):  # the destination is checked before any slow work
             raise AssertionError("traced before the destination was checked")
@@ -145,7 +133,7 @@ def test_unusable_destinations_are_refused_before_the_trace(tmp_path, capsys, mo
             assert main(["export", str(dest), "--model", "cvt-tiny", "--format", "torchscript", *force]) == 1
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and err.startswith(f"cvt export: error: {dest}: ") and says in err, err
-            assert _fingerprint(tmp_path) == before and _temps(tmp_path) == []
+            assert tree_fingerprint(tmp_path) == before and temp_files(tmp_path) == []
         with pytest.raises(cvt.core.errors.WriteError, match=says):
             export_model(cvt.create_model("cvt-tiny"), dest, "torchscript")
     finally:
@@ -160,7 +148,7 @@ def test_symlinked_destination_is_written_through(tiny, tmp_path, capsys):
     assert main(["export", str(link), "--model", "cvt-tiny", "--format", "torchscript", "--force"]) == 0
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert torch.jit.load(str(target))(torch.randn(1, 3, 64, 64)).shape == (1, 10)
-    assert _temps(tmp_path) == []
+    assert temp_files(tmp_path) == []
 
 
 @pytest.mark.keras
@@ -198,4 +186,4 @@ def test_keras_exports_follow_the_same_publish_rule(tmp_path):
     assert (tmp_path / "m.tflite").read_bytes() == b"the previous export"
     assert sorted(os.listdir(tmp_path / "sm")) == ["NOTES", "assets", "fingerprint.pb", "saved_model.pb", "variables"]
     assert "stale" not in os.listdir(tmp_path / "sm" / "variables")  # the SavedModel's own entries are replaced whole
-    assert (tmp_path / "sm" / "saved_model.pb").read_bytes() != b"old" and _temps(tmp_path) == []
+    assert (tmp_path / "sm" / "saved_model.pb").read_bytes() != b"old" and temp_files(tmp_path) == []

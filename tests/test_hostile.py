@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 import cvt
-from conftest import TINY_HF, hf_model, read_only_dir
+from conftest import TINY_HF, hf_model, read_only_dir, temp_files
 from cvt.cli import main
 from cvt.core.spec import PretrainedSpec
 from cvt.weights.io import save_native
@@ -113,10 +113,6 @@ def _fingerprint(path: Path) -> tuple | None:
     if stat.S_ISLNK(st.st_mode):
         return ("link", os.readlink(path))
     return ("other", stat.S_IFMT(st.st_mode))
-
-
-def _temps(root: Path) -> list[Path]:
-    return [p for p in root.rglob(".*") if ".tmp" in p.name and not p.is_symlink()]
 
 
 class _Timeout(Exception):
@@ -445,7 +441,7 @@ def test_row(row: Row, world: Path, capsys):
     assert code == row.code, (code, lines[0])
     if row.dest:
         assert _fingerprint(world / row.dest) == before, f"{row.dest} changed"
-    assert not _temps(world), _temps(world)
+    assert not temp_files(world), temp_files(world)
     assert seconds < LIMIT_S
 
 
@@ -499,7 +495,7 @@ def test_symlinked_destination_is_written_through(world: Path, tmp_path, capsys)
     assert code == 0
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert target.read_text().startswith("[")
-    assert not _temps(tmp_path)
+    assert not temp_files(tmp_path)
 
 
 # ---------------------------------------------------------------------------- a full disk, in its own process
@@ -544,4 +540,4 @@ def test_full_disk_is_one_line_and_leaves_nothing(world: Path, tmp_path, verb):
     assert "Traceback" not in proc.stderr
     assert len(lines) == 1 and str(dest) in lines[0] and "file-size limit or full disk" in lines[0], lines
     assert dest.read_text() == "old\n"
-    assert not _temps(tmp_path)
+    assert not temp_files(tmp_path)

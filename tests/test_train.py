@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 
 import cvt
-from conftest import TINY_SPEC, tiny_recipe
+from conftest import TINY_SPEC, temp_files, tiny_recipe
 from cvt.cli import main
 from cvt.data.augment import MixupCutmix
 from cvt.train import TrainError, TrainingDiverged, fit
@@ -384,10 +384,6 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
         time.sleep(0.02)
 
 
-def _temps(directory: Path) -> list[str]:
-    return [p.name for p in directory.iterdir() if p.name.startswith(".") and ".tmp" in p.name]
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and resource limits")
 def test_ctrl_c_names_the_last_checkpoint_and_the_command_that_continues(tmp_path, capsys):
     out = tmp_path / "run"
@@ -407,7 +403,7 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_command_that_continues(tmp_pat
     assert shlex.split(command) == [
         "cvt", "train", "--config", str(recipe), "--set", "optim.lr=2e-3", "--out", str(out), "--resume"
     ]  # fmt: skip
-    assert not _temps(out)
+    assert not temp_files(out)
     epoch = load_checkpoint(out / "last.pt")["state"]["epoch"]  # whole, and what the message says
     assert f"(the end of epoch {epoch})" in err
     assert main([*shlex.split(command)[1:], "--dry-run"]) == 0  # the printed command is one that continues
@@ -444,7 +440,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoi
     assert proc.stderr == (
         f"cvt train: error: {out / 'last.pt'}: cannot write (file too large: file-size limit or full disk)\n"
     )
-    assert not _temps(out)
+    assert not temp_files(out)
     assert load_checkpoint(out / "last.pt")["state"]["epoch"] == 1  # epoch 2's failed write left epoch 1's whole
     assert load_checkpoint(out / "best.pt")["state"]["epoch"] == 1
 

@@ -417,6 +417,20 @@ def conv_out(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool 
     return n // stride + 1
 
 
+def depthwise_taps(kernel: int, stride: int) -> list[tuple[int, int, tuple[slice, slice]]]:
+    """A "valid" ``kernel x kernel`` depthwise convolution of a padded channels-last map ``x`` as its taps:
+    ``(i, j, (rows, cols))`` with ``conv(x) = sum(x[:, rows, cols, :] * w[i, j])`` over all taps.
+
+    Rows ``i, i + stride, ...`` up to the last window start, whose window ends at the map's last row: the slice
+    end is written relative to the end (``i - kernel + 1``), so the taps hold for any size, also a traced one.
+    """
+
+    def axis(i: int) -> slice:
+        return slice(i, (i - kernel + 1) or None, stride)
+
+    return [(i, j, (axis(i), axis(j))) for i in range(kernel) for j in range(kernel)]
+
+
 def _check(ok: bool, name: str, problem: str) -> None:
     if not ok:
         raise ConfigError(f"{name}: {problem}")

@@ -113,17 +113,20 @@ def _check_parent(path: str | os.PathLike[str], dest: Path) -> Path:
         parent = parent.parent
     if not parent.is_dir():
         raise WriteError(f"{path}: cannot write ({parent} is not a directory)")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        why = "read-only file system" if _read_only(parent) else "permission denied"
-        raise WriteError(f"{path}: cannot write ({why}: {parent})")
+    _refuse_unwritable(path, parent, f": {parent}")
     return parent
 
 
-def _read_only(directory: Path) -> bool:
+def _refuse_unwritable(path: str | os.PathLike[str], directory: Path, where: str = "") -> None:
+    """Raise :class:`WriteError` naming ``path`` unless ``directory`` accepts new entries."""
+    if os.access(directory, os.W_OK | os.X_OK):
+        return
     try:
-        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+        read_only = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
     except OSError:
-        return False
+        read_only = False
+    why = "read-only file system" if read_only else "permission denied"
+    raise WriteError(f"{path}: cannot write ({why}{where})")
 
 
 def _make_parents(directory: Path) -> list[Path]:
@@ -219,9 +222,7 @@ def check_writable_dir(path: str | os.PathLike[str]) -> Path:
     """:func:`check_writable` for a directory output (:func:`atomic_write_dir`); returns :func:`destination_dir`."""
     dest = destination_dir(path)
     if dest.exists():
-        if not os.access(dest, os.W_OK | os.X_OK):
-            why = "read-only file system" if _read_only(dest) else "permission denied"
-            raise WriteError(f"{path}: cannot write ({why})")
+        _refuse_unwritable(path, dest)
         return dest
     _check_parent(path, dest)
     return dest

@@ -101,6 +101,11 @@ def digits_split(val_fraction: float = 0.2, seed: int = 0) -> tuple[DigitsImages
 
 
 # ---------------------------------------------------------------------------- class names
+def _few(names: Sequence[str], n: int = 10) -> str:
+    """``a, b, c`` for at most ``n`` names, then ``... (K in all)``."""
+    return ", ".join(names[:n]) + (f" ... ({len(names)} in all)" if len(names) > n else "")
+
+
 def sort_classes(names: Sequence[str]) -> list[str]:
     """Numeric order when every name is an integer (``2`` before ``10``), else lexicographic."""
     names = list(names)
@@ -183,9 +188,9 @@ def _index(rows: Sequence[tuple[str, str]], classes: Sequence[str], where: str) 
     pos = {c: i for i, c in enumerate(classes)}
     unknown = sort_classes({label for _, label in rows if label not in pos})
     if unknown:
-        shown = ", ".join(unknown[:10]) + (f" ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
-        known = ", ".join(classes[:20]) + (f" ... ({len(classes)} in all)" if len(classes) > 20 else "")
-        raise DataError(f"{where}: classes not in the training set: {shown} (training classes: {known})")
+        raise DataError(
+            f"{where}: classes not in the training set: {_few(unknown)} (training classes: {_few(list(classes), 20)})"
+        )
     return [(p, pos[label]) for p, label in rows]
 
 
@@ -218,7 +223,7 @@ class DataBundle:
             names = [self.classes[y] for y in dead]
             _warn(
                 warn,
-                f"warning: {self.train_name}: no readable image in class(es) {_shown(names)}; other images stand in "
+                f"warning: {self.train_name}: no readable image in class(es) {_few(names)}; other images stand in "
                 f"for them (first: {next(iter(dead.values()))})",
             )
         bad = _none_readable(self.val, range(len(self.val)))
@@ -236,10 +241,6 @@ def _none_readable(source: ImageFiles | DigitsImages, indices: Sequence[int]) ->
         except ImageError as e:
             first = first or _with_path(e, source.describe(i))
     return first or "no images"
-
-
-def _shown(names: Sequence[str], limit: int = 10) -> str:
-    return ", ".join(names[:limit]) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def _warn(warn: Callable[[str], None] | None, line: str) -> None:
@@ -278,18 +279,18 @@ def build_sources(
         if len(classes) < 2:  # an empty class folder is not a class: say so, rather than "1 class"
             raise DataError(
                 f"data.root: {base / 'train'} has images in {len(classes)} class folder ({', '.join(classes)}); "
-                f"at least 2 classes are needed (class folders with no images: {_shown(empty_train) or 'none'})"
+                f"at least 2 classes are needed (class folders with no images: {_few(empty_train) or 'none'})"
             )
         empty = [f"train/{c}" for c in empty_train] + [f"val/{c}" for c in empty_val]
         if empty:  # silently dropping a class would train a head that cannot predict it
-            _warn(warn, f"warning: data.root: class folders with no images skipped: {_shown(empty)}")
+            _warn(warn, f"warning: data.root: class folders with no images skipped: {_few(empty)}")
         missing = sort_classes(set(val_map) - set(classes))
         if missing:
             hollow = [f"train/{c}" for c in missing if c in empty_train]  # the folder is there, its images are not
             raise DataError(
                 f"data.root: classes in {base / 'val'} but not in {base / 'train'}: {', '.join(missing[:10])}"
                 f" (train classes: {', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''}"
-                f"{'; no images in ' + _shown(hollow) if hollow else ''})"
+                f"{'; no images in ' + _few(hollow) if hollow else ''})"
             )
         rows_tr = [(p, c) for c, files in train_map.items() for p in files]
         rows_va = [(p, c) for c, files in val_map.items() for p in files]
@@ -416,11 +417,6 @@ class ClassMapping(dict[str, int]):
         super().__init__(mapping)
         self.rule = rule
         self.note = note
-
-
-def _few(names: Sequence[str], n: int = 10) -> str:
-    """``a, b, c`` for at most ``n`` names, then ``... (K in all)``."""
-    return ", ".join(names[:n]) + (f" ... ({len(names)} in all)" if len(names) > n else "")
 
 
 def _model_labels(labels: Sequence[str] | str | None, num_classes: int) -> tuple[str, ...] | None:

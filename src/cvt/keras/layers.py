@@ -24,7 +24,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from ..core.config import StageConfig
+from ..core.config import StageConfig, depthwise_taps
 
 QUICK_GELU_ALPHA = 1.702
 _SKIP_INIT = contextvars.ContextVar("cvt_keras_skip_init", default=False)
@@ -161,14 +161,11 @@ def depthwise_conv(x: Any, kernel: Any, stride: int) -> Any:
     sum of slices fuses into one pass (9 ms). Outside XLA the native op is faster, so :class:`ConvProjection`
     uses this only while :func:`compiling_with_xla`. Same result up to float summation order.
     """
-    k = kernel.shape[0]
     w = ops.cast(kernel, x.dtype)
     out = None
-    for i in range(k):
-        for j in range(k):
-            # rows i, i+s, ... up to the last window start: end = H - (k - 1 - i), written relative to the end
-            tap = x[:, i : (i - k + 1) or None : stride, j : (j - k + 1) or None : stride, :] * w[i, j, :, 0]
-            out = tap if out is None else out + tap
+    for i, j, (rows, cols) in depthwise_taps(kernel.shape[0], stride):
+        tap = x[:, rows, cols, :] * w[i, j, :, 0]
+        out = tap if out is None else out + tap
     return out
 
 
