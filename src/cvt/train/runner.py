@@ -67,6 +67,23 @@ class _LastCheckpoint:
 
     path: Path | None = None
     at: str = ""
+    writing: tuple[Path, str, int | None] | None = None  # a save under way: (path, at, inode of the file before)
+
+    def settle(self) -> None:
+        """After an interrupt: a save that was under way counts if its file got published (the atomic rename puts
+        a new inode at the path), even when the interrupt came before this note was updated."""
+        if self.writing is not None:
+            path, at, before = self.writing
+            if _inode(path) not in (None, before):
+                self.path, self.at = path, at
+            self.writing = None
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
 
 
 @dataclass
@@ -199,6 +216,7 @@ def _interrupted(t: Trainer, last: _LastCheckpoint, config: Recipe, overrides: S
     else:  # a recipe given as Python objects: the resolved copy the run wrote
         words += ["--config", str(t.out / "config.yaml")]
     command = shlex.join([*words, "--out", str(t.out), "--resume"])
+    last.settle()
     if last.path is None:
         return f"interrupted before the first checkpoint (nothing to resume); start again with: {command}"
     return f"interrupted; the last checkpoint is {last.path} ({last.at}); continue with: {command}"
@@ -263,6 +281,8 @@ def _name_last_good_checkpoint(t: Trainer) -> Iterator[None]:
 # ---------------------------------------------------------------------------- checkpoints
 def _save(t: Trainer, name: str, state: TrainState, last: _LastCheckpoint | None = None) -> None:
     """Checkpoint ``name`` (rank 0); ``last`` notes it once it is whole on disk."""
+    if last is not None:
+        last.writing = (t.out / name, _at(state), _inode(t.out / name))
     if t.dist.is_main:
         ckpt.save_checkpoint(
             t.out / name,
@@ -279,7 +299,7 @@ def _save(t: Trainer, name: str, state: TrainState, last: _LastCheckpoint | None
             },
         )
     if last is not None:
-        last.path, last.at = t.out / name, _at(state)
+        last.path, last.at, last.writing = t.out / name, _at(state), None
 
 
 def _at(state: TrainState) -> str:
