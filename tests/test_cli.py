@@ -12,7 +12,7 @@ import torch
 
 import cvt
 from cvt.cli import main
-from cvt.weights.io import save_official
+from cvt.torch.weights import save_official
 
 VERBS = ["list", "info", "convert", "predict", "train", "eval", "export", "bench"]
 
@@ -47,8 +47,8 @@ LIBRARY_DEFAULTS = [
     ("predict", "--batch-size", "cvt.predict:Predictor", "batch_size"),
     ("predict", "--topk", "cvt.predict:Predictor", "topk"),
     ("predict", "--max-pixels", "cvt.predict:Predictor", "max_pixels"),
-    ("export", "--format", "cvt.export:export_model", "fmt"),
-    ("export", "--atol", "cvt.export:export_model", "atol"),
+    ("export", "--format", "cvt.torch.export:export_model", "fmt"),
+    ("export", "--atol", "cvt.torch.export:export_model", "atol"),
     ("bench", "--model", "cvt.bench:run_benchmark", "model_name"),
     ("bench", "--repeats", "cvt.bench:run_benchmark", "repeats"),
     ("bench", "--device", "cvt.bench:run_benchmark", "device"),

@@ -15,8 +15,8 @@ import torch
 import cvt
 from cvt.core.presets import ARCHITECTURES
 from cvt.core.spec import PretrainedSpec
-from cvt.factory import CvTFeatures
-from cvt.model import CvT
+from cvt.torch.factory import CvTFeatures
+from cvt.torch.model import CvT
 
 NAMES = [pytest.param(n, marks=pytest.mark.slow) if n == "cvt-w24" else n for n in sorted(ARCHITECTURES)]
 SIZE = (64, 96)  # non-square: catches H/W mix-ups

@@ -10,7 +10,7 @@ import cvt
 from conftest import temp_files, tree_fingerprint
 from cvt.cli import main
 from cvt.core.keys import ConversionError, convert_state_dict, detect_format, rename_key, to_native
-from cvt.model import CvT
+from cvt.torch.model import CvT
 
 
 def native_keys(name):
@@ -86,7 +86,7 @@ def test_unexplained_keys_are_errors():
 # ---------------------------------------------------------------------------- cvt convert: destinations, HF limits
 @pytest.fixture
 def tiny_file(tmp_path):
-    from cvt.weights.io import save_native
+    from cvt.torch.weights import save_native
 
     model = cvt.create_model("cvt-tiny").eval()
     return save_native(model.state_dict(), model.config, tmp_path / "src" / "tiny.safetensors")
@@ -162,7 +162,7 @@ def test_symlinked_destination_is_written_through(tiny_file, tmp_path, capsys, t
 
 def test_hf_refuses_what_transformers_cannot_run_and_leaves_nothing(tmp_path, capsys):
     """cvt-digits has 2 blocks in stage 2: transformers' CvT indexes drop-path rates by stage and cannot build it."""
-    from cvt.weights.io import save_native
+    from cvt.torch.weights import save_native
 
     digits = cvt.create_model("cvt-digits")
     save_native(digits.state_dict(), digits.config, tmp_path / "digits.safetensors")

@@ -103,7 +103,7 @@ def test_weights_read_as_numpy_without_torch(tmp_path):
     import torch
 
     import cvt
-    from cvt.weights.io import save_hf, save_native, save_official
+    from cvt.torch.weights import save_hf, save_native, save_official
 
     model = cvt.create_model("cvt-tiny").eval()
     spec = cvt.PretrainedSpec(cvt.EvalPreprocess(img_size=48), labels=tuple("abcdefghij"))

@@ -21,8 +21,8 @@ from cvt.cli import main
 from cvt.core.labels import imagenet_wnids
 from cvt.data.datasets import DataError, EvalFiles, eval_source, map_eval_classes
 from cvt.eval import evaluate
-from cvt.factory import resolve
-from cvt.weights.io import save_native
+from cvt.torch.factory import resolve
+from cvt.torch.weights import save_native
 
 
 class _Fixed(torch.nn.Module):

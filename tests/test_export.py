@@ -9,7 +9,7 @@ import cvt
 from conftest import randomize_norms, temp_files, tree_fingerprint
 from cvt.cli import main
 from cvt.core.errors import UsageError
-from cvt.export import ExportError, export_model
+from cvt.torch.export import ExportError, export_model
 
 pytestmark = pytest.mark.export
 

@@ -28,7 +28,7 @@ import cvt  # noqa: E402
 from cvt import flax as cf  # noqa: E402
 from cvt.core.errors import WeightsError  # noqa: E402
 from cvt.flax.weights import native_name  # noqa: E402
-from cvt.weights.io import save_native  # noqa: E402
+from cvt.torch.weights import save_native  # noqa: E402
 
 pytestmark = pytest.mark.flax
 TOL = 1e-5

@@ -37,7 +37,7 @@ def test_macs_equal_flop_counter_on_ours(method):
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from cvt.model import CvT
+    from cvt.torch.model import CvT
 
     base = cvt.get_config("cvt-tiny")
     cfg = base.replace(stages=tuple(dataclasses.replace(s, qkv_proj_method=method) for s in base.stages))
@@ -50,7 +50,7 @@ def test_macs_equal_flop_counter_on_ours(method):
 
 @pytest.mark.parametrize("name", ["cvt-13", "cvt-21", "cvt-tiny"])
 def test_param_formula_equals_model(name):
-    from cvt.model import CvT
+    from cvt.torch.model import CvT
 
     with torch.device("meta"):
         model = CvT(cvt.get_config(name))

@@ -8,9 +8,9 @@ import torch
 import cvt
 from conftest import randomize_norms
 from cvt.core.errors import UsageError
-from cvt.fusion import ClsOnlyStage, SiLUMlp, fuse
-from cvt.layers import ConvProjection
-from cvt.model import CvT
+from cvt.torch.fusion import ClsOnlyStage, SiLUMlp, fuse
+from cvt.torch.layers import ConvProjection
+from cvt.torch.model import CvT
 
 CLS_LAYOUTS = [(False, False, True), (False, False, False), (True, True, True)]
 
@@ -143,14 +143,14 @@ def test_fuse_returns_a_copy_unless_inplace():
 
 def test_fuse_is_importable_and_callable_from_the_package():
     import cvt
-    import cvt.fusion
-    import cvt.model
-    from cvt.fusion import fuse as function
+    import cvt.torch.fusion
+    import cvt.torch.model
+    from cvt.torch.fusion import fuse as function
 
     assert cvt.fuse is function  # the package name is the function, whatever was imported first
     model = tiny()
     x = torch.randn(1, 3, 64, 64)
-    for f in (cvt.fuse, function, cvt.model.CvT.fuse):
+    for f in (cvt.fuse, function, cvt.torch.model.CvT.fuse):
         with torch.no_grad():
             torch.testing.assert_close(f(model)(x), model(x), rtol=0, atol=1e-5)
 

@@ -31,7 +31,7 @@ import cvt
 from conftest import TINY_HF, hf_model, read_only_dir, temp_files
 from cvt.cli import main
 from cvt.core.spec import PretrainedSpec
-from cvt.weights.io import save_native
+from cvt.torch.weights import save_native
 
 LIMIT_S = 60  # bounded time per command (the slowest legitimate row takes a few seconds)
 LABELS = ("cat", "dog", "fox")

@@ -18,7 +18,7 @@ import torch
 import cvt
 from cvt.core.hub import cached_checkpoint, download_checkpoint
 from cvt.core.presets import CHECKPOINTS, Checkpoint
-from cvt.weights.io import WeightsError, save_native, save_official
+from cvt.torch.weights import WeightsError, save_native, save_official
 
 hub = pytest.importorskip("huggingface_hub")
 hub_constants = pytest.importorskip("huggingface_hub.constants")

@@ -1,4 +1,4 @@
-"""Each building block of ``cvt.layers`` alone: shapes against the core geometry, the attention arithmetic against a
+"""Each building block of ``cvt.torch.layers`` alone: shapes against the core geometry, the attention arithmetic against a
 manual computation, stochastic depth, float32 LayerNorm."""
 
 import pytest
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from conftest import randomize_norms
 from cvt.core.config import StageConfig, conv_out
-from cvt.layers import (
+from cvt.torch.layers import (
     Attention,
     Block,
     ConvEmbed,

@@ -1,4 +1,11 @@
-"""Imports flow one way: cli -> commands -> tasks -> factory -> model -> layers -> core (read from the source)."""
+"""The package's three levels, read from the source (every import outside ``if TYPE_CHECKING:``):
+
+1. ``cvt.core`` imports no deep-learning framework and nothing of ``cvt`` outside itself.
+2. The front-ends ``cvt.torch``, ``cvt.keras``, ``cvt.flax`` import only the core, their own package and their
+   own framework: never another front-end, another framework, or the application.
+3. The application (everything else: predict, eval, train, data, bench, commands, cli) imports front-ends and the
+   core, never the reverse; inside it imports flow one way: cli -> commands -> tasks -> data.
+"""
 
 from __future__ import annotations
 
@@ -9,40 +16,36 @@ import cvt.core
 
 SRC = Path(cvt.core.__file__).resolve().parent.parent  # src/cvt
 
-# Lower rank = lower layer. A module may import modules of its own rank or below, never above.
-RANKS = {
-    "core": 0,
-    "runtime": 1,
-    "layers": 1,
-    "model": 2,
-    "fusion": 2,  # the explicit inference rewrite; CvT.fuse() delegates to it
-    "weights": 3,
-    "data": 3,
-    "factory": 4,
-    "keras": 4,  # the Keras 3 front-end: core only (torch only inside tests, for parity)
-    "flax": 4,  # the Flax NNX front-end: core only
-    "explain": 5,
-    "eval": 5,
-    "predict": 6,
-    "export": 6,
-    "bench": 6,
-    "train": 6,
-    "commands": 8,
-    "cli": 9,
-    "__main__": 10,
+FRAMEWORKS = {"torch", "tensorflow", "keras", "jax", "jaxlib", "flax", "optax", "orbax", "transformers", "timm"}
+CORE = "core"
+# front-end -> the third-party frameworks it may import (torch's export stack: onnx, onnxruntime, onnxscript)
+FRONT_ENDS = {
+    "torch": {"torch"},
+    "keras": {"keras", "tensorflow"},
+    "flax": {"jax", "jaxlib", "flax", "optax", "orbax"},
 }
-FRAMEWORKS = {"torch", "tensorflow", "keras", "jax", "jaxlib", "flax", "transformers"}
+# the application, lower rank = lower layer: a module may import application modules of its own rank or below
+APP_RANKS = {
+    "data": 1,
+    "explain": 2,
+    "eval": 2,
+    "predict": 3,
+    "bench": 3,
+    "train": 3,
+    "commands": 4,
+    "cli": 5,
+    "__main__": 6,
+}
 
 
-def _top(module: Path) -> str:
-    parts = module.relative_to(SRC).with_suffix("").parts
-    return parts[0]
+def _top(module: Path, root: Path) -> str:
+    return module.relative_to(root).with_suffix("").parts[0]
 
 
-def _imports(path: Path) -> list[tuple[str, int]]:
+def _imports(path: Path, root: Path) -> list[tuple[str, int]]:
     """``(absolute module name, line)`` of every import outside ``if TYPE_CHECKING:`` blocks."""
     tree = ast.parse(path.read_text(), str(path))
-    package = ".".join(("cvt", *path.relative_to(SRC).with_suffix("").parts[:-1]))
+    package = ".".join(("cvt", *path.relative_to(root).with_suffix("").parts[:-1]))
     skip: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
@@ -64,21 +67,76 @@ def _imports(path: Path) -> list[tuple[str, int]]:
     return out
 
 
-def test_imports_flow_one_way():
+def layering_problems(root: Path) -> list[str]:
+    """Every import in the package tree at ``root`` (``src/cvt``) that breaks the three-level rule."""
     problems = []
-    for path in sorted(SRC.rglob("*.py")):
-        if path.name == "__init__.py" and path.parent == SRC:
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "__init__.py" and path.parent == root:
             continue  # the package root re-exports lazily
-        own = _top(path)
-        rank = RANKS.get(own)
-        assert rank is not None, f"{path.relative_to(SRC)}: add the module to RANKS (its layer)"
-        for name, line in _imports(path):
+        where = path.relative_to(root)
+        own = _top(path, root)
+        if own not in (CORE, *FRONT_ENDS, *APP_RANKS):
+            problems.append(f"{where}: unknown top-level module {own!r}: place it in a level (tests/test_layout.py)")
+            continue
+        for name, line in _imports(path, root):
             parts = name.split(".")
-            if parts[0] in FRAMEWORKS and own == "core":
-                problems.append(f"{path.relative_to(SRC)}:{line}: the core imports {name}")
-            if parts[0] != "cvt" or len(parts) < 2:
-                continue
-            target = RANKS.get(parts[1])
-            if target is not None and target > rank:
-                problems.append(f"{path.relative_to(SRC)}:{line}: {own} (rank {rank}) imports {name} (rank {target})")
+            if own == CORE:
+                if parts[0] in FRAMEWORKS:
+                    problems.append(f"{where}:{line}: the core imports {name}")
+                elif parts[0] == "cvt" and len(parts) > 1 and parts[1] != CORE:
+                    problems.append(f"{where}:{line}: the core imports {name}")
+            elif own in FRONT_ENDS:
+                if parts[0] in FRAMEWORKS and parts[0] not in FRONT_ENDS[own]:
+                    problems.append(f"{where}:{line}: front-end {own} imports another framework, {name}")
+                elif parts[0] == "cvt" and len(parts) > 1 and parts[1] not in (CORE, own):
+                    kind = "another front-end" if parts[1] in FRONT_ENDS else "the application"
+                    problems.append(f"{where}:{line}: front-end {own} imports {kind}, {name}")
+            elif parts[0] == "cvt" and len(parts) > 1 and parts[1] in APP_RANKS:
+                if APP_RANKS[parts[1]] > APP_RANKS[own]:
+                    problems.append(
+                        f"{where}:{line}: {own} (rank {APP_RANKS[own]}) imports {name} (rank {APP_RANKS[parts[1]]})"
+                    )
+    return problems
+
+
+def test_the_package_keeps_its_three_levels():
+    problems = layering_problems(SRC)
     assert not problems, "\n".join(problems)
+
+
+def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
+    root = tmp_path / "cvt"
+    for name, text in {"core/__init__.py": "", **files}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_the_rule_catches_a_front_end_importing_another(tmp_path):
+    """The checker itself: each kind of violation in a made-up tree is reported, and a clean tree is not."""
+    clean = _tree(
+        tmp_path / "ok",
+        {
+            "core/config.py": "import numpy\n",
+            "keras/weights.py": "import keras\nfrom ..core import config\n",
+            "predict.py": "from .torch import model\nfrom .keras import weights\n",
+            "torch/model.py": "import torch\nfrom ..core.config import X\n",
+        },
+    )
+    assert layering_problems(clean) == []
+    bad = _tree(
+        tmp_path / "bad",
+        {
+            "keras/weights.py": "from ..torch.weights import load_pickle\n",
+            "flax/model.py": "import torch\n",
+            "torch/model.py": "from ..predict import Predictor\n",
+            "core/weights.py": "import jax\n",
+            "data/sets.py": "from ..commands import eval\n",
+        },
+    )
+    found = "\n".join(layering_problems(bad))
+    assert "front-end keras imports another front-end, cvt.torch.weights" in found
+    assert "front-end flax imports another framework, torch" in found
+    assert "front-end torch imports the application, cvt.predict" in found
+    assert "the core imports jax" in found
+    assert "data (rank 1) imports cvt.commands (rank 4)" in found

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import cvt
-from cvt.layers import merge_heads
-from cvt.model import CvT
+from cvt.torch.layers import merge_heads
+from cvt.torch.model import CvT
 
 
 def tiny(method="dw_bn", cls=(False, False, True), **kw):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import cvt
-from cvt.weights.io import save_hf
+from cvt.torch.weights import save_hf
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.parity

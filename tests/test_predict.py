@@ -23,7 +23,7 @@ from cvt.cli import main
 from cvt.core.labels import LabelError, imagenet_labels, imagenet_wnids, load_label_file, resolve_labels
 from cvt.core.spec import EvalPreprocess
 from cvt.explain import cls_attention, kv_grid
-from cvt.factory import resolve
+from cvt.torch.factory import resolve
 from test_transforms import PHOTOS, hf_processor, official, photo_paths
 
 transformers = pytest.importorskip("transformers")
@@ -198,7 +198,7 @@ def test_usage_errors_and_offline(capsys, tmp_path, monkeypatch):
 
 def test_pretrained_from_cache_gives_imagenet_names(tmp_path, monkeypatch, capsys):
     """A real-size cvt-13 placed in the hub cache layout: --model cvt-13 alone works offline."""
-    from cvt.weights.io import save_native
+    from cvt.torch.weights import save_native
 
     model = cvt.create_model("cvt-13")
     commit = "f" * 40
@@ -259,7 +259,7 @@ def test_labels_module(tmp_path):
 
 
 def test_cli_subprocess_one_line_no_traceback(tmp_path):
-    from cvt.weights.io import save_native
+    from cvt.torch.weights import save_native
 
     model = cvt.create_model("cvt-tiny")
     save_native(model.state_dict(), model.config, tmp_path / "tiny.safetensors")

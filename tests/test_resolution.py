@@ -28,7 +28,7 @@ from conftest import TINY_HF, hf_model
 from cvt.cli import main
 from cvt.core.errors import WeightsError
 from cvt.core.keys import convert_state_dict, to_native
-from cvt.weights.io import save_native
+from cvt.torch.weights import save_native
 
 EXPECTED_ACTIVATION = {"native": "gelu", "hf": "gelu", "official": "quick_gelu"}
 

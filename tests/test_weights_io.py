@@ -10,7 +10,7 @@ import torch
 
 import cvt
 from cvt.core.keys import convert_state_dict
-from cvt.weights.io import WeightsError, read_weights, save_hf, save_native, save_official
+from cvt.torch.weights import WeightsError, read_weights, save_hf, save_native, save_official
 
 
 @pytest.fixture

@@ -33,10 +33,10 @@ __version__ = "0.2.0"
 
 # name -> module, imported on first access (PEP 562), so `import cvt` needs no torch
 _TORCH_NAMES = {
-    "CvT": "cvt.model",
-    "count_parameters": "cvt.model",
-    "create_model": "cvt.factory",
-    "fuse": "cvt.fusion",
+    "CvT": "cvt.torch.model",
+    "count_parameters": "cvt.torch.model",
+    "create_model": "cvt.torch.factory",
+    "fuse": "cvt.torch.fusion",
     "Prediction": "cvt.predict",
     "Predictor": "cvt.predict",
 }

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from .core.config import CvTConfig
-from .fusion import fuse
-from .model import CvT
+from .torch.fusion import fuse
+from .torch.model import CvT
 
 DEFAULT_CASES = ("infer-224-b1", "infer-224-b32", "infer-384-b8", "train-224-b32")
 SAME_MATH = "ours-gelu"  # ours with HF's activation (exact GELU): the "same math" side of the comparison
@@ -172,7 +172,7 @@ def build_pair(model_name: str, with_peer: bool = True, same_math: bool = False)
     ours computes it already.
     """
     from .core.keys import convert_state_dict
-    from .factory import create_model
+    from .torch.factory import create_model
 
     ours = create_model(model_name)
     models: dict[str, nn.Module] = {"ours": ours}
@@ -207,7 +207,7 @@ class _OnnxModel(nn.Module):
 
         import onnxruntime as ort
 
-        from .export import export_model
+        from .torch.export import export_model
 
         path = os.path.join(tempfile.mkdtemp(prefix="cvt-bench-"), "model.onnx")
         export_model(model.eval(), path, "onnx")
@@ -226,7 +226,7 @@ def make_step(
 ) -> Callable[[], None]:
     """A zero-argument callable running one iteration of ``case`` on ``model`` (synchronised on CUDA).
 
-    Inference runs a fused copy of a :class:`~cvt.model.CvT` (:func:`cvt.fuse`), training the model itself.
+    Inference runs a fused copy of a :class:`~cvt.torch.model.CvT` (:func:`cvt.fuse`), training the model itself.
     ``amp``: ``None`` (fp32), ``"fp16"`` (autocast + GradScaler in training) or ``"bf16"`` (autocast).
     ``compiled``: run it through ``torch.compile`` (one static graph per input shape).
     """

@@ -18,8 +18,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .core.errors import UsageError
-from .fusion import ClsOnlyStage
-from .model import CvT
+from .torch.fusion import ClsOnlyStage
+from .torch.model import CvT
 
 MIN_PANEL = 224  # display size of each image panel, at least
 

@@ -28,10 +28,10 @@ from .core.spec import EvalPreprocess
 from .data.datasets import EvalSet, ImageFiles, collate
 from .data.transforms import build_eval_transform
 from .explain import cls_attention
-from .factory import create_model
-from .fusion import fuse
-from .model import CvT
-from .runtime import resolve_device
+from .torch.factory import create_model
+from .torch.fusion import fuse
+from .torch.model import CvT
+from .torch.runtime import resolve_device
 
 DEFAULT_MODEL = "cvt-13"
 
@@ -79,7 +79,7 @@ class Predictor:
     """Classify images with a CvT; the model, transform and labels are built once.
 
     Args:
-        model: a checkpoint or architecture name, a :class:`~cvt.model.CvT`, or ``None`` (``"cvt-13"``, or
+        model: a checkpoint or architecture name, a :class:`~cvt.torch.model.CvT`, or ``None`` (``"cvt-13"``, or
             the architecture ``weights`` describes).
         weights: a local weight file or directory (any layout ``create_model`` reads).
         pretrained: download the released checkpoint ``model``; ``None``: yes for a checkpoint name without
@@ -96,7 +96,7 @@ class Predictor:
             on ``.model``): the model is fused without the cls-only last block, about 7% more MACs.
 
     The model is fused for inference once, here (:func:`cvt.fuse`: BatchNorm folded into the depthwise
-    convolutions, QuickGELU MLPs as one SiLU, the cls-only last block); a :class:`~cvt.model.CvT` passed in is
+    convolutions, QuickGELU MLPs as one SiLU, the cls-only last block); a :class:`~cvt.torch.model.CvT` passed in is
     copied, not rewritten, and one that is already fused is used as it is.
     """
 

@@ -16,7 +16,7 @@ from ..bench import Case, format_table, run_benchmark
 from ..core.errors import UsageError, require
 from ..core.files import check_writable, write_text
 from ..core.presets import get_config
-from ..runtime import resolve_device
+from ..torch.runtime import resolve_device
 from ._signature import Arg, default_of
 
 

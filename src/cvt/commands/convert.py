@@ -10,8 +10,8 @@ from typing import Annotated, Literal
 from ..core.config import ACTIVATIONS
 from ..core.errors import UsageError
 from ..core.files import check_writable, check_writable_dir
-from ..factory import create_model
-from ..weights.io import save_hf, save_native, save_official
+from ..torch.factory import create_model
+from ..torch.weights import save_hf, save_native, save_official
 from ._signature import Arg
 
 # What the consumer of a layout that records no activation computes (native files record theirs).

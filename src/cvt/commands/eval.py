@@ -17,10 +17,10 @@ from ..core.spec import EvalPreprocess
 from ..data.datasets import EvalFiles, EvalSet, collate, eval_source, read_eval_data
 from ..data.transforms import build_eval_transform
 from ..eval import evaluate
-from ..factory import create_model
-from ..fusion import fuse
-from ..model import CvT
-from ..runtime import resolve_device
+from ..torch.factory import create_model
+from ..torch.fusion import fuse
+from ..torch.model import CvT
+from ..torch.runtime import resolve_device
 from ._signature import Arg
 
 

@@ -8,8 +8,8 @@ from typing import Annotated
 
 from ..core.errors import UsageError
 from ..core.files import check_writable, check_writable_dir
-from ..export import FORMATS, SUFFIX, check_atol, export_model
-from ..factory import create_model
+from ..torch.export import FORMATS, SUFFIX, check_atol, export_model
+from ..torch.factory import create_model
 from ._signature import Arg, default_of
 
 KERAS_FORMATS = {"saved-model": "", "litert": ".tflite"}  # through cvt.keras on the TensorFlow backend

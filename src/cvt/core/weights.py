@@ -281,7 +281,7 @@ OPTIONAL_TENSORS = ("num_batches_tracked",)  # not every writer keeps it; it nev
 def expected_shapes(config: CvTConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor of a native state dict of ``config`` and its shape (PyTorch layouts), in the model's order.
 
-    The schema every front-end's model follows (tested against :class:`cvt.model.CvT`); framework-free, so a
+    The schema every front-end's model follows (tested against :class:`cvt.torch.model.CvT`); framework-free, so a
     file can be checked against an architecture before any model is built.
     """
     out: dict[str, tuple[int, ...]] = {}

@@ -1,6 +1,6 @@
 """CvT building blocks in Flax NNX: token embedding, convolutional projection attention, MLP, block.
 
-The same modules as :mod:`cvt.layers` (PyTorch) with the same attribute names, so that a parameter's path
+The same modules as :mod:`cvt.torch.layers` (PyTorch) with the same attribute names, so that a parameter's path
 (``stages.0.blocks.1.attn.proj_q.kernel``) is its native name up to the leaf (``kernel`` -> ``weight``,
 ``scale`` -> ``weight``) and the layout (:mod:`cvt.flax.weights`). Plain modules: no transforms inside.
 

@@ -1,4 +1,4 @@
-"""The CvT model in Flax NNX, numerically equal to :class:`cvt.model.CvT` (PyTorch) on the same weights.
+"""The CvT model in Flax NNX, numerically equal to :class:`cvt.torch.model.CvT` (PyTorch) on the same weights.
 
 ``CvT(config, rngs=nnx.Rngs(params=0, dropout=1))`` builds the architecture of a
 :class:`~cvt.core.config.CvTConfig`; the input is NHWC ``(B, H, W, in_chans)`` float, any ``H, W``.
@@ -163,7 +163,7 @@ class CvT(nnx.Module):
         output_fmt: str = "NHWC",
         intermediates_only: bool = False,
     ) -> list[Array] | tuple[Array, list[Array]]:
-        """timm's backbone API, as :meth:`cvt.model.CvT.forward_intermediates` but with NHWC maps.
+        """timm's backbone API, as :meth:`cvt.torch.model.CvT.forward_intermediates` but with NHWC maps.
 
         Args:
             x: ``(B, H, W, in_chans)`` images.

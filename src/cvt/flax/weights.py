@@ -129,10 +129,10 @@ def from_state_dict(config: CvTConfig, sd: Mapping[str, Any], *, seed: int = 0, 
 
 
 def torch_pickle_reader() -> Any:
-    """PyTorch's safe pickle reader (:func:`cvt.weights.io.load_pickle`: ``weights_only``, code refused) when torch
+    """PyTorch's safe pickle reader (:func:`cvt.torch.weights.load_pickle`: ``weights_only``, code refused) when torch
     is importable, else ``None`` (the core then says how to convert the file)."""
     try:
-        from ..weights.io import load_pickle
+        from ..torch.weights import load_pickle
     except ImportError:
         return None
     return load_pickle

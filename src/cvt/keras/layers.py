@@ -1,6 +1,6 @@
 """CvT building blocks for Keras 3, written with ``keras.layers`` and ``keras.ops`` only (TF, JAX and torch backends).
 
-Numerically the official model (and :mod:`cvt.layers`): QuickGELU ``x * sigmoid(1.702 x)`` by default, attention
+Numerically the official model (and :mod:`cvt.torch.layers`): QuickGELU ``x * sigmoid(1.702 x)`` by default, attention
 scaled by ``dim ** -0.5`` over the FULL width, LayerNorm/BatchNorm eps 1e-5, symmetric integer padding
 (``ZeroPadding2D(p)`` + ``"valid"``; Keras' ``"same"`` pads asymmetrically and is wrong), depthwise projections
 with ``DepthwiseConv2D`` weights (computed as shifted multiply-adds under XLA, see :func:`depthwise_conv`), ``avg``

@@ -153,7 +153,7 @@ def load_state_dict(
 def _pickle_reader() -> PickleReader | None:
     """PyTorch's safe pickle reader when torch is importable (official ``.pth``, HF ``.bin``), else ``None``."""
     try:
-        from ..weights.io import load_pickle
+        from ..torch.weights import load_pickle
     except ImportError:
         return None
     return load_pickle

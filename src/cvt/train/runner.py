@@ -41,7 +41,7 @@ from ..core.config import CvTConfig
 from ..core.files import atomic_write
 from ..data.datasets import DigitsImages
 from ..eval import evaluate
-from ..weights.io import save_native
+from ..torch.weights import save_native
 from . import checkpoint as ckpt
 from . import distributed
 from .baseline import svc_baseline

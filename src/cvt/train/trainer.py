@@ -30,8 +30,8 @@ from ..core.spec import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess, PretrainedS
 from ..data.augment import MixupCutmix, TrainTransform
 from ..data.datasets import DataBundle, EvalSet, TrainSet, build_sources, collate
 from ..data.transforms import build_eval_transform
-from ..factory import create_model
-from ..runtime import resolve_device
+from ..torch.factory import create_model
+from ..torch.runtime import resolve_device
 from . import checkpoint as ckpt
 from . import distributed
 from .config import DataSection, TrainConfig, TrainConfigError, validate

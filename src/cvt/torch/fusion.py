@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .core.errors import UsageError
+from ..core.errors import UsageError
 from .layers import (
     QUICK_GELU_ALPHA,
     Block,
@@ -59,7 +59,7 @@ __all__ = ["ClsOnlyBlock", "ClsOnlyStage", "SiLUMlp", "fold_conv_bn", "fuse"]
 def fuse(model: CvT, cls_only: bool = True, inplace: bool = False) -> CvT:
     """A fused, inference-only equivalent of ``model`` (see the module docstring); a copy unless ``inplace``.
 
-    ``model`` must be a reference (unfused) :class:`~cvt.model.CvT`; it may be in any mode (BatchNorm folds its
+    ``model`` must be a reference (unfused) :class:`~cvt.torch.model.CvT`; it may be in any mode (BatchNorm folds its
     running statistics, as eval mode uses them).
     """
     if model.fused:
@@ -102,7 +102,7 @@ class SiLUMlp(nn.Module):
 
 
 class ClsOnlyBlock(nn.Module):
-    """A last :class:`~cvt.layers.Block` that computes the cls token's row alone: ``(B, 1+HW, C) -> (B, 1, C)``.
+    """A last :class:`~cvt.torch.layers.Block` that computes the cls token's row alone: ``(B, 1+HW, C) -> (B, 1, C)``.
 
     Exact: the cls query attends to the cls token and the whole projected key/value map, as in the full block.
     """
@@ -125,7 +125,7 @@ class ClsOnlyBlock(nn.Module):
 
 
 class ClsOnlyStage(nn.Module):
-    """A last :class:`~cvt.model.CvTStage` whose last block is a :class:`ClsOnlyBlock`.
+    """A last :class:`~cvt.torch.model.CvTStage` whose last block is a :class:`ClsOnlyBlock`.
 
     ``(B, C_in, H_in, W_in)`` -> the cls token ``(B, 1, C)`` and ``None``: no map (no spatial token is computed).
     """

@@ -1,4 +1,4 @@
-"""``create_model``: one entry point from a name, a config or a weight file to a ready :class:`~cvt.model.CvT`
+"""``create_model``: one entry point from a name, a config or a weight file to a ready :class:`~cvt.torch.model.CvT`
 (or to timm's ``features_only`` backbone, :class:`CvTFeatures`).
 
 The resolution rule (which architecture, which preprocessing and labels, for a name and a weight source) is the
@@ -15,12 +15,12 @@ from typing import Any, Literal, overload
 import torch
 from torch import nn
 
-from .core.config import CvTConfig
-from .core.spec import PretrainedSpec
-from .core.weights import resolve as core_resolve
-from .core.weights import with_overrides
+from ..core.config import CvTConfig
+from ..core.spec import PretrainedSpec
+from ..core.weights import resolve as core_resolve
+from ..core.weights import with_overrides
 from .model import CvT
-from .weights.io import LoadedWeights, as_torch, load_pickle, load_state_dict
+from .weights import LoadedWeights, as_torch, load_pickle, load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def create_model(
         strict: refuse weights that do not fit the architecture, in one line naming both (off: load what fits,
             ``model.load_report`` says what did not).
         device: where to put the model.
-        features_only: return timm's ``features_only`` model instead: a :class:`~cvt.model.CvTFeatures`
+        features_only: return timm's ``features_only`` model instead: a :class:`~cvt.torch.model.CvTFeatures`
             whose ``forward(x)`` gives the ``(B, C_i, H_i, W_i)`` maps of ``out_indices`` and whose
             ``feature_info`` has ``channels()`` / ``reduction()``; later stages and the head are removed.
         out_indices: the stages a ``features_only`` model returns (an int ``n``: the last ``n``).

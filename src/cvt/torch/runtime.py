@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .core.errors import UsageError
+from ..core.errors import UsageError
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .core.errors import CvtError, UsageError, first_line
-from .core.files import atomic_write, check_writable
+from ..core.errors import CvtError, UsageError, first_line
+from ..core.files import atomic_write, check_writable
 from .fusion import fuse
 from .model import CvT
 
@@ -87,11 +87,11 @@ def export_model(
     check_shapes: Sequence[tuple[int, int, int, int]] | None = None,
     opset: int = 18,
 ) -> ExportResult:
-    """Export ``model`` (eval mode; a :class:`~cvt.model.CvT` is fused first) to ``path``, verified before it is
+    """Export ``model`` (eval mode; a :class:`~cvt.torch.model.CvT` is fused first) to ``path``, verified before it is
     published there.
 
     Args:
-        model: a :class:`~cvt.model.CvT` (or any image model with ``forward(x) -> logits``); left unchanged
+        model: a :class:`~cvt.torch.model.CvT` (or any image model with ``forward(x) -> logits``); left unchanged
             but for being put in eval mode.
         path: output file (written atomically, and only once verified).
         fmt: ``"onnx"``, ``"torchscript"`` or ``"exported-program"``.

@@ -4,10 +4,10 @@ Paper: https://arxiv.org/abs/2103.15808 . Official code and weights: https://git
 This is an independent implementation, numerically equal to the official model (QuickGELU, full-width
 attention scale, LayerNorm eps 1e-5, per-stage drop-path ramp), with timm's model contract:
 ``forward(x)`` is exactly ``forward_head(forward_features(x))``; ``forward_intermediates`` and
-``prune_intermediate_layers`` serve backbones (``create_model(..., features_only=True)``: :mod:`cvt.factory`).
+``prune_intermediate_layers`` serve backbones (``create_model(..., features_only=True)``: :mod:`cvt.torch.factory`).
 
 This is the one reference path: training, evaluation and attention maps all run it. For inference,
-:meth:`CvT.fuse` returns an equivalent rewritten model (:mod:`cvt.fusion`); nothing here caches anything.
+:meth:`CvT.fuse` returns an equivalent rewritten model (:mod:`cvt.torch.fusion`); nothing here caches anything.
 
 State-dict names are the official ones with ``stage{i}`` spelled ``stages.{i}``.
 """
@@ -23,12 +23,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 if TYPE_CHECKING:
-    from .weights.io import LoadReport
+    from .weights import LoadReport
 
-from .core.config import CvTConfig, StageConfig, feature_indices
-from .core.errors import UsageError
-from .core.presets import default_spec
-from .core.spec import PretrainedSpec
+from ..core.config import CvTConfig, StageConfig, feature_indices
+from ..core.errors import UsageError
+from ..core.presets import default_spec
+from ..core.spec import PretrainedSpec
 from .fusion import fuse as fuse_model
 from .layers import Block, ConvEmbed, LayerNorm, to_tokens, tokens_to_map
 
