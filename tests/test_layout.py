@@ -81,9 +81,7 @@ def layering_problems(root: Path) -> list[str]:
         for name, line in _imports(path, root):
             parts = name.split(".")
             if own == CORE:
-                if parts[0] in FRAMEWORKS:
-                    problems.append(f"{where}:{line}: the core imports {name}")
-                elif parts[0] == "cvt" and len(parts) > 1 and parts[1] != CORE:
+                if parts[0] in FRAMEWORKS or (parts[0] == "cvt" and len(parts) > 1 and parts[1] != CORE):
                     problems.append(f"{where}:{line}: the core imports {name}")
             elif own in FRONT_ENDS:
                 if parts[0] in FRAMEWORKS and parts[0] not in FRONT_ENDS[own]:
@@ -91,11 +89,10 @@ def layering_problems(root: Path) -> list[str]:
                 elif parts[0] == "cvt" and len(parts) > 1 and parts[1] not in (CORE, own):
                     kind = "another front-end" if parts[1] in FRONT_ENDS else "the application"
                     problems.append(f"{where}:{line}: front-end {own} imports {kind}, {name}")
-            elif parts[0] == "cvt" and len(parts) > 1 and parts[1] in APP_RANKS:
-                if APP_RANKS[parts[1]] > APP_RANKS[own]:
-                    problems.append(
-                        f"{where}:{line}: {own} (rank {APP_RANKS[own]}) imports {name} (rank {APP_RANKS[parts[1]]})"
-                    )
+            elif parts[0] == "cvt" and len(parts) > 1 and APP_RANKS.get(parts[1], 0) > APP_RANKS[own]:
+                problems.append(
+                    f"{where}:{line}: {own} (rank {APP_RANKS[own]}) imports {name} (rank {APP_RANKS[parts[1]]})"
+                )
     return problems
 
 

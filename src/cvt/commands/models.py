@@ -106,11 +106,7 @@ def _config(name: str | None, weights: str | None, num_classes: int | None) -> C
             raise UsageError("give a model name or --weights FILE|DIR")
         cfg = get_config(name)
         return cfg if num_classes is None else cfg.replace(num_classes=num_classes)
-    try:  # NOTE a pickled .pth needs torch to be read; without it the core says so in one line
-        from ..torch.weights import load_pickle
-    except ImportError:
-        load_pickle = None
-    config, spec, loaded = resolve(name, weights=weights, read_pickle=load_pickle)
+    config, spec, loaded = resolve(name, weights=weights)  # a .pth too: the core reads pickles without torch
     return with_overrides(config, spec, loaded, num_classes=num_classes)[0]
 
 

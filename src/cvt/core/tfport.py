@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from .errors import WeightsError, first_line, require
+from .layouts import kind_of_kernel, to_torch
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _AUTO_NAME = re.compile(r"^(conv2d|depthwise_conv2d)(_\d+)?$")  # build-order Keras names, not part of the path
@@ -75,15 +76,6 @@ def official_name(dataset: str) -> tuple[str, str]:
     return ".".join([top, *inner, _LEAVES[leaf]]), leaf
 
 
-def to_torch_layout(leaf: str, arr: np.ndarray) -> np.ndarray:
-    """A port array in PyTorch's layout (the table in the module docstring)."""
-    if leaf == "kernel" and arr.ndim == 4:
-        return np.ascontiguousarray(arr.transpose(3, 2, 0, 1))
-    if leaf == "kernel" and arr.ndim == 2:
-        return np.ascontiguousarray(arr.T)
-    return arr
-
-
 def _datasets(f: Any) -> list[tuple[str, Any]]:
     found: list[tuple[str, Any]] = []
     f.visititems(lambda name, obj: found.append((name, obj)) if hasattr(obj, "shape") else None)
@@ -117,7 +109,8 @@ def read_h5(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                     ) from None
                 if key in out:
                     raise WeightsError(f"{path}: two datasets map to {key} (second: {name!r})")
-                out[key] = to_torch_layout(leaf, np.asarray(ds[()]))
+                arr = np.asarray(ds[()])
+                out[key] = to_torch(kind_of_kernel(arr.ndim) if leaf == "kernel" else "same", arr)
     except WeightsError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as e:

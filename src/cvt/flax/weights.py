@@ -13,9 +13,9 @@ anything else          same name           none (BatchNorm keeps PyTorch's names
 
 Loading builds the model abstractly (``nnx.eval_shape``: no random init, no memory for it), fills every
 parameter and BatchNorm statistic from the file's arrays, and refuses a file with missing, unexpected or
-mis-shaped tensors in one error naming them. Files are read by :func:`cvt.core.weights.read_arrays` (native
-and HF safetensors in numpy, no torch; ``.pth`` / ``.bin`` when torch is importable; whatever other
-readers the core dispatches to). Saving writes our native safetensors: the same file loads in PyTorch.
+mis-shaped tensors in one error (the core's one protocol, :mod:`cvt.core.loading`). Files are read by
+:func:`cvt.core.weights.read_arrays` into numpy, without torch (native and HF safetensors, ``.pth`` / ``.bin``,
+the TF port's ``.h5``). Saving writes our native safetensors: the same file loads in PyTorch.
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ import numpy as np
 from flax import nnx
 
 from ..core.config import CvTConfig
-from ..core.errors import WeightsError
+from ..core.layouts import kind_of_kernel, to_torch
+from ..core.loading import FitReport, Slot, head_classes, match
 from ..core.spec import PretrainedSpec
-from ..core.weights import LoadedArrays, read_arrays, resolve, save_native_arrays
+from ..core.weights import LoadedArrays, read_arrays, resolve, save_native_arrays, with_overrides
 from .model import CvT
-
-OPTIONAL = ("num_batches_tracked",)  # not every exporter keeps it; it never changes a forward pass
 
 
 def native_name(path: tuple[Any, ...], ndim: int) -> str:
@@ -48,24 +47,10 @@ def native_name(path: tuple[Any, ...], ndim: int) -> str:
     return ".".join([*parents, leaf])
 
 
-def to_torch_layout(value: np.ndarray) -> np.ndarray:
-    """A JAX kernel in PyTorch's layout: Dense ``(in, out) -> (out, in)``, conv ``HWIO -> OIHW``."""
-    if value.ndim == 2:
-        return value.T
-    if value.ndim == 4:
-        return value.transpose(3, 2, 0, 1)
-    return value
-
-
-def from_torch_layout(value: np.ndarray, leaf: str) -> np.ndarray:
-    """Inverse of :func:`to_torch_layout` for a ``kernel`` leaf; other leaves are unchanged."""
-    if leaf != "kernel":
-        return value
-    if value.ndim == 2:
-        return value.T
-    if value.ndim == 4:
-        return value.transpose(2, 3, 1, 0)
-    return value
+def _layout(path: tuple[Any, ...], ndim: int) -> str:
+    """The layout kind (:mod:`cvt.core.layouts`) of an NNX leaf: kernels by rank (the depthwise conv is a grouped
+    HWIO kernel, ``conv``), everything else as PyTorch holds it."""
+    return kind_of_kernel(ndim) if str(path[-1]) == "kernel" else "same"
 
 
 def _weight_leaves(state: nnx.State) -> list[tuple[tuple[Any, ...], nnx.Variable]]:
@@ -80,38 +65,25 @@ def state_dict(model: CvT) -> dict[str, np.ndarray]:
         value = np.asarray(jax.device_get(var[...]))
         if path[-1] == "num_batches_tracked":
             value = value.astype(np.int64)  # PyTorch's dtype for the counter
-        out[native_name(path, value.ndim)] = to_torch_layout(value) if path[-1] == "kernel" else value
+        out[native_name(path, value.ndim)] = to_torch(_layout(path, value.ndim), value)
     return out
 
 
-def _fill(state: nnx.State, sd: Mapping[str, Any], source: object) -> None:
-    """Put ``sd`` (native names/layouts) into the abstract ``state`` in place; one error lists every problem."""
-    missing, bad_shape, used = [], [], set()
+def _fill(state: nnx.State, sd: Mapping[str, Any], source: object) -> FitReport:
+    """Put ``sd`` (native names/layouts) into the abstract ``state`` in place, by the core's one protocol
+    (:func:`cvt.core.loading.match`: one error line for tensors that do not fit)."""
+    leaves = {}
     for path, var in _weight_leaves(state):
+        shape = tuple(var.get_value().shape)
+        leaves[native_name(path, len(shape))] = (var, Slot(shape, _layout(path, len(shape))))
+    values, report = match({name: slot for name, (_, slot) in leaves.items()}, sd, source=source)
+    for name, (var, slot) in leaves.items():
         abstract = var.get_value()
-        key = native_name(path, len(abstract.shape))
-        if key not in sd:
-            if path[-1] in OPTIONAL:
-                var.set_value(jnp.zeros(abstract.shape, abstract.dtype))
-            else:
-                missing.append(key)
-            continue
-        used.add(key)
-        value = from_torch_layout(np.asarray(sd[key]), str(path[-1]))
-        if value.shape != tuple(abstract.shape):
-            bad_shape.append(f"{key} {tuple(value.shape)} (model {tuple(abstract.shape)})")
-            continue
-        # NOTE: a copy: on CPU jnp.asarray may alias the numpy buffer, which the caller may still change
-        # (a torch tensor's .numpy() view, say).
+        # NOTE: a copy: on CPU jnp.asarray may alias the numpy buffer, which the caller may still change (a torch
+        # tensor's .numpy() view, say). An absent optional tensor (the batch counter) starts at 0.
+        value = values.get(name, np.zeros(slot.shape, abstract.dtype))
         var.set_value(jnp.array(value, dtype=abstract.dtype, copy=True))
-    unexpected = sorted(set(sd) - used)
-    problems = []
-    for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad_shape)):
-        if names:
-            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-            problems.append(f"{len(names)} {label}: {shown}")
-    if problems:
-        raise WeightsError(f"{source}: weights do not fit the model ({'; '.join(problems)})")
+    return report
 
 
 def from_state_dict(config: CvTConfig, sd: Mapping[str, Any], *, seed: int = 0, source: object = "weights") -> CvT:
@@ -128,19 +100,9 @@ def from_state_dict(config: CvTConfig, sd: Mapping[str, Any], *, seed: int = 0, 
     return model
 
 
-def torch_pickle_reader() -> Any:
-    """PyTorch's safe pickle reader (:func:`cvt.torch.weights.load_pickle`: ``weights_only``, code refused) when torch
-    is importable, else ``None`` (the core then says how to convert the file)."""
-    try:
-        from ..torch.weights import load_pickle
-    except ImportError:
-        return None
-    return load_pickle
-
-
 def read_weights(path: str | os.PathLike[str]) -> LoadedArrays:
-    """Any weight file the core reads, as numpy in the native layout (``.pth`` only with torch installed)."""
-    return read_arrays(path, read_pickle=torch_pickle_reader())
+    """Any weight file the core reads, as numpy in the native layout (``.pth`` / ``.bin`` too, without torch)."""
+    return read_arrays(path)
 
 
 def create_model(
@@ -161,29 +123,21 @@ def create_model(
         weights: a weight file or directory (native / HF safetensors, ``.pth`` / ``.bin`` with torch).
         pretrained: download the released checkpoint of that name (needs network once).
         num_classes: a new, freshly initialised head of that size (``0``: pooled features out).
-        activation: override the config's (``"gelu"`` for HF's numerics).
+        activation: ``"quick_gelu"`` or ``"gelu"``; default: the rule of :mod:`cvt.core.weights` (as PyTorch).
         seed: parameter init (random models, new heads) and dropout streams.
         **overrides: other top-level :class:`CvTConfig` fields (``img_size``, ``init``, ...).
     """
-    config, spec, loaded = resolve(
-        name_or_config, weights=weights, pretrained=pretrained, read_pickle=torch_pickle_reader()
-    )
-    if activation is not None:
-        overrides["activation"] = activation
-    if overrides:
-        config = config.replace(**overrides)
+    config, spec, loaded = resolve(name_or_config, weights=weights, pretrained=pretrained)
+    config, spec = with_overrides(config, spec, loaded, num_classes=num_classes, activation=activation, **overrides)
     if loaded is None:
         # NOTE: eager NNX init compiles each initialiser on its own (~10 s for cvt-tiny on 2 CPU cores);
         # jit-compiling the whole constructor measured slower still (one large RNG program).
         model = CvT(config, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
-    else:
-        sd = loaded.state_dict
-        file_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
-        model = from_state_dict(config.replace(num_classes=file_classes), sd, seed=seed + 1, source=loaded.path)
-    if num_classes is not None and num_classes != model.num_classes:
-        model.reset_classifier(num_classes, rngs=nnx.Rngs(params=seed))
-    if isinstance(spec.labels, tuple) and len(spec.labels) != model.num_classes:
-        spec = spec.replace(labels=None)  # a new head: the file's names no longer apply
+    else:  # the file's head as it is, then a fresh one if another class count was asked for
+        file_config = config.replace(num_classes=head_classes(loaded.state_dict))
+        model = from_state_dict(file_config, loaded.state_dict, seed=seed + 1, source=loaded.path)
+        if config.num_classes != file_config.num_classes:
+            model.reset_classifier(config.num_classes, rngs=nnx.Rngs(params=seed))
     model.pretrained_cfg = spec
     model.eval()
     return model

@@ -1,30 +1,24 @@
 """Weights for the Keras CvT: native names <-> Keras variables, building models from any weight file, saving.
 
-A variable's native (PyTorch) name is its layer path with the official names; the layout changes are:
-
-=========================  ====================  ==========================================
-Keras variable             native leaf           layout (Keras <- PyTorch)
-=========================  ====================  ==========================================
-``Conv2D.kernel``          ``weight``            ``HWIO <- OIHW``: ``transpose(2, 3, 1, 0)``
-``DepthwiseConv2D.kernel`` ``weight``            ``(k, k, C, 1) <- (C, 1, k, k)``: ``transpose(2, 3, 0, 1)``
-``Dense.kernel``           ``weight``            ``(in, out) <- (out, in)``: transpose
-``gamma`` / ``beta``       ``weight`` / ``bias``  none (LayerNorm and BatchNorm)
-``moving_mean/variance``   ``running_mean/var``  none
-=========================  ====================  ==========================================
+A variable's native (PyTorch) name is its attribute path (the layers carry the official attribute names:
+``stages.0.blocks.1.attn.conv_proj_q.bn.gamma`` -> ``...bn.weight``); Keras' leaf names map to PyTorch's
+(``gamma``/``beta``/``moving_mean``/``moving_variance`` -> ``weight``/``bias``/``running_mean``/``running_var``), and
+kernels change layout by the core's one table (:mod:`cvt.core.layouts`: ``Conv2D`` HWIO, ``DepthwiseConv2D``
+``(k, k, C, 1)``, ``Dense`` ``(in, out)``).
 
 Files are read by :func:`cvt.core.weights.read_arrays` / :func:`~cvt.core.weights.resolve` into numpy: native
-and HF safetensors without torch; official ``.pth`` and HF ``.bin`` when torch is importable (else one line
-saying how to convert); the TF port's ``.h5`` (:mod:`cvt.core.tfport`). Loading refuses missing, unexpected or
-mis-shaped tensors in one :class:`~cvt.core.errors.WeightsError` (a head with another class count is a new head
-for fine-tuning, as in PyTorch). Saving writes our native safetensors (the same file loads in PyTorch and Flax)
-or Keras' own ``.weights.h5`` / ``.keras``.
+and HF safetensors, official ``.pth`` and HF ``.bin`` (:mod:`cvt.core.pickles`), all without torch; the TF port's
+``.h5`` (:mod:`cvt.core.tfport`). Loading is the core's one protocol (:mod:`cvt.core.loading`): missing,
+unexpected or mis-shaped tensors are refused in one :class:`~cvt.core.errors.WeightsError`, a head with another
+class count is a new head for fine-tuning, as in PyTorch and Flax. Saving writes our native safetensors (the same
+file loads in PyTorch and Flax) or Keras' own ``.weights.h5`` / ``.keras``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,65 +26,54 @@ import keras
 import numpy as np
 
 from ..core.config import CvTConfig
-from ..core.errors import WeightsError
+from ..core.layouts import to_torch
+from ..core.loading import FitReport, Slot, match
 from ..core.spec import PretrainedSpec
-from ..core.weights import PickleReader, resolve, save_native_arrays, with_overrides
+from ..core.weights import read_arrays, resolve, save_native_arrays, with_overrides
 from .backbone import CvTBackbone
 from .classifier import CvTImageClassifier
 from .layers import skip_init
 
-OPTIONAL = ("num_batches_tracked",)  # not every exporter keeps it; it never changes a forward pass
-
-# layout kind -> (PyTorch -> Keras, Keras -> PyTorch)
-_LAYOUTS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
-    "conv": (lambda a: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1)),
-    "depthwise": (lambda a: a.transpose(2, 3, 0, 1), lambda a: a.transpose(2, 3, 0, 1)),
-    "dense": (lambda a: a.T, lambda a: a.T),
-    "same": (lambda a: a, lambda a: a),
-}
-_NORM = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
+# Keras' own weight names -> the native (PyTorch) leaf names
+_LEAVES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
+# Keras' built-in layers whose ``kernel`` is a native ``weight``, and that kernel's layout kind (cvt.core.layouts)
+_KERNELS = (
+    (keras.layers.DepthwiseConv2D, "depthwise"),  # before Conv2D: in some Keras versions it subclasses it
+    (keras.layers.Conv2D, "conv"),
+    (keras.layers.Dense, "dense"),
+)
 
 
-def _norm_vars(layer: Any, prefix: str) -> Iterator[tuple[str, Any, str]]:
-    for v in layer.weights:
-        leaf = v.path.rsplit("/", 1)[-1]
-        yield prefix + _NORM.get(leaf, leaf), v, "same"
-
-
-def _linear_vars(layer: Any, prefix: str, kind: str = "dense") -> Iterator[tuple[str, Any, str]]:
-    yield prefix + "weight", layer.kernel, kind
-    if layer.use_bias:
-        yield prefix + "bias", layer.bias, "same"
+def _walk(obj: Any, prefix: str) -> Iterator[tuple[str, Any, str]]:
+    """``(native name, variable, layout kind)`` below ``obj``: the attribute path is the native name (the layers
+    carry the official attribute names), so no name is spelled twice."""
+    for cls, kind in _KERNELS:
+        if isinstance(obj, cls):
+            yield prefix + "weight", obj.kernel, kind
+            if obj.use_bias:
+                yield prefix + "bias", obj.bias, "same"
+            return
+    for attr, value in vars(obj).items():
+        if attr.startswith("_"):
+            continue
+        if isinstance(value, keras.Variable):
+            yield prefix + _LEAVES.get(attr, attr), value, "same"
+        elif isinstance(value, keras.layers.Layer):
+            yield from _walk(value, f"{prefix}{attr}.")
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, keras.layers.Layer) for v in value):
+            for i, layer in enumerate(value):
+                yield from _walk(layer, f"{prefix}{attr}.{i}.")
 
 
 def native_variables(model: CvTBackbone | CvTImageClassifier) -> dict[str, tuple[Any, str]]:
     """``{native name: (Keras variable, layout kind)}`` for every variable of a backbone or classifier."""
-    backbone = model.backbone if isinstance(model, CvTImageClassifier) else model
-    out: list[tuple[str, Any, str]] = []
-    for i, stage in enumerate(backbone.stages):
-        p = f"stages.{i}."
-        out += _linear_vars(stage.patch_embed.proj, p + "patch_embed.proj.", "conv")
-        out += _norm_vars(stage.patch_embed.norm, p + "patch_embed.norm.")
-        if stage.cls_token is not None:
-            out.append((p + "cls_token", stage.cls_token, "same"))
-        for j, blk in enumerate(stage.blocks):
-            b = f"{p}blocks.{j}."
-            out += _norm_vars(blk.norm1, b + "norm1.")
-            for n in ("q", "k", "v"):
-                proj = getattr(blk.attn, f"conv_proj_{n}")
-                if proj.method == "dw_bn":
-                    out.append((f"{b}attn.conv_proj_{n}.conv.weight", proj.conv.kernel, "depthwise"))
-                    out += _norm_vars(proj.bn, f"{b}attn.conv_proj_{n}.bn.")
-                out += _linear_vars(getattr(blk.attn, f"proj_{n}"), f"{b}attn.proj_{n}.")
-            out += _linear_vars(blk.attn.proj, b + "attn.proj.")
-            out += _norm_vars(blk.norm2, b + "norm2.")
-            out += _linear_vars(blk.mlp.fc1, b + "mlp.fc1.")
-            out += _linear_vars(blk.mlp.fc2, b + "mlp.fc2.")
     if isinstance(model, CvTImageClassifier):
-        out += _norm_vars(model.norm, "norm.")
+        found = [*_walk(model.backbone, ""), *_walk(model.norm, "norm.")]
         if model.head is not None:
-            out += _linear_vars(model.head, "head.")
-    return {name: (var, kind) for name, var, kind in out}
+            found += _walk(model.head, "head.")
+    else:
+        found = list(_walk(model, ""))
+    return {name: (var, kind) for name, var, kind in found}
 
 
 def state_dict(model: CvTBackbone | CvTImageClassifier) -> dict[str, np.ndarray]:
@@ -100,63 +83,28 @@ def state_dict(model: CvTBackbone | CvTImageClassifier) -> dict[str, np.ndarray]
         arr = np.asarray(keras.ops.convert_to_numpy(var))
         if name.endswith("num_batches_tracked"):
             arr = arr.astype(np.int64)  # PyTorch's dtype
-        out[name] = np.array(_LAYOUTS[kind][1](arr), order="C")  # NOTE: ascontiguousarray makes 0-d 1-d
+        out[name] = to_torch(kind, arr)
     return out
 
 
 def load_state_dict(
     model: CvTBackbone | CvTImageClassifier, sd: Mapping[str, Any], source: object = "state dict"
-) -> list[str]:
-    """Assign a native numpy state dict to ``model``; returns notes (a new or dropped head).
+) -> FitReport:
+    """Assign a native state dict to ``model`` by the core's one protocol (:func:`cvt.core.loading.match`).
 
-    Raises :class:`WeightsError` counting missing, unexpected and mis-shaped tensors and naming the first of
-    each (one short line; :func:`create_model` checks a file against the architecture before building anything).
-    A backbone ignores the file's ``norm.`` / ``head.`` tensors; a head of another class count stays fresh.
+    Raises :class:`~cvt.core.errors.WeightsError` (one short line) for tensors that do not fit; a head of another
+    class count stays fresh, a model without a head drops the file's (both noted in the report). A backbone takes
+    the file's stages and ignores its ``norm.`` / ``head.`` tensors.
     """
     targets = native_variables(model)
-    sd = {k: v for k, v in sd.items() if not (isinstance(model, CvTBackbone) and k.split(".")[0] in ("norm", "head"))}
-    notes = []
-    head = targets.get("head.weight")
-    if "head.weight" in sd and (head is None or tuple(sd["head.weight"].shape) != tuple(head[0].shape)[::-1]):
-        notes.append(
-            "head dropped: model has num_classes=0"
-            if head is None
-            else f"new head: file has {sd['head.weight'].shape[0]} classes, model {head[0].shape[1]}"
-        )
-        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
-        targets = {k: v for k, v in targets.items() if not k.startswith("head.")}
-    missing = [k for k in targets if k not in sd and k.rsplit(".", 1)[-1] not in OPTIONAL]
-    unexpected = [k for k in sd if k not in targets]
-    mismatched = []
-    values = {}
-    for name, (var, kind) in targets.items():
-        if name not in sd:
-            continue
-        arr = _LAYOUTS[kind][0](np.asarray(sd[name]))
-        if tuple(arr.shape) != tuple(var.shape):
-            own = _LAYOUTS[kind][1](np.empty(var.shape, np.int8)).shape  # the model's shape in PyTorch layout
-            mismatched.append(f"{name}: file {tuple(np.shape(sd[name]))} vs model {tuple(own)}")
-        values[name] = arr
-    problems = [  # counts and the first name: one short line however far off the file is
-        f"{len(names)} {label} (first: {names[0]})"
-        for label, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
-        if names
-    ]
-    if problems:
-        raise WeightsError(f"{source}: weights do not fit this architecture: {'; '.join(problems)}")
+    if isinstance(model, CvTBackbone):
+        sd = {k: v for k, v in sd.items() if k.split(".")[0] not in ("norm", "head")}
+    slots = {name: Slot(tuple(var.shape), kind) for name, (var, kind) in targets.items()}
+    values, report = match(slots, sd, source=source)
     for name, arr in values.items():
         var = targets[name][0]
         var.assign(arr.astype(keras.backend.standardize_dtype(var.dtype)))
-    return notes
-
-
-def _pickle_reader() -> PickleReader | None:
-    """PyTorch's safe pickle reader when torch is importable (official ``.pth``, HF ``.bin``), else ``None``."""
-    try:
-        from ..torch.weights import load_pickle
-    except ImportError:
-        return None
-    return load_pickle
+    return report
 
 
 def create_model(
@@ -177,7 +125,7 @@ def create_model(
         name: an architecture or checkpoint name (``cvt.core.list_models()``), a :class:`CvTConfig`, or ``None``
             to take the architecture from ``weights``.
         weights: a local weight file or directory in any supported layout (native / HF safetensors, official
-            ``.pth`` or HF ``.bin`` with torch installed, the TF port's ``.h5``).
+            ``.pth`` or HF ``.bin`` (read without torch), the TF port's ``.h5``).
         pretrained: download the released checkpoint ``name`` from the Hugging Face hub (cached).
         num_classes: head size; ``None`` keeps the file's, another number puts a fresh head on the loaded
             backbone (fine-tuning), ``0`` removes it (pooled features out).
@@ -190,9 +138,10 @@ def create_model(
         **overrides: other top-level :class:`CvTConfig` fields (``img_size``, ``init``, ...).
 
     Returns:
-        The model (``model.pretrained_cfg``: preprocessing and labels; ``model.load_notes``: what loading noted).
+        The model (``model.pretrained_cfg``: preprocessing and labels; ``model.load_report``: what loading found,
+        a :class:`~cvt.core.loading.FitReport`).
     """
-    config, spec, loaded = resolve(name, weights=weights, pretrained=pretrained, read_pickle=_pickle_reader())
+    config, spec, loaded = resolve(name, weights=weights, pretrained=pretrained)
     config, spec = with_overrides(config, spec, loaded, num_classes=num_classes, activation=activation, **overrides)
     with skip_init() if loaded is not None else contextlib.nullcontext():  # weights overwrite the init
         backbone = CvTBackbone(config, data_format=data_format, name="backbone")
@@ -203,9 +152,10 @@ def create_model(
         pretrained_cfg=spec,
         name=config.name.replace("-", "_"),
     )
-    model.load_notes = []
+    model.load_report = FitReport()
     if loaded is not None:
-        model.load_notes = load_state_dict(model, loaded.state_dict, source=loaded.path)
+        model.load_report = load_state_dict(model, loaded.state_dict, source=loaded.path)
+    model.load_notes = model.load_report.notes  # the 0.2 name
     return model
 
 
@@ -233,9 +183,7 @@ def save_native(
 
 def load_weights(
     model: CvTImageClassifier | CvTBackbone, path: str | os.PathLike[str], *, check: bool = True
-) -> list[str]:
-    """Load any supported weight file (native, HF, official with torch, TF-port ``.h5``) into ``model``."""
-    from ..core.weights import read_arrays
-
-    loaded = read_arrays(path, read_pickle=_pickle_reader(), check=check)
+) -> FitReport:
+    """Load any supported weight file (native, HF, official ``.pth``, TF-port ``.h5``) into ``model``."""
+    loaded = read_arrays(path, check=check)
     return load_state_dict(model, loaded.state_dict, source=loaded.path)

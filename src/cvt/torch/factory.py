@@ -20,7 +20,7 @@ from ..core.spec import PretrainedSpec
 from ..core.weights import resolve as core_resolve
 from ..core.weights import with_overrides
 from .model import CvT
-from .weights import LoadedWeights, as_torch, load_pickle, load_state_dict
+from .weights import LoadedWeights, as_torch, load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def resolve(
 ) -> tuple[CvTConfig, PretrainedSpec, LoadedWeights | None]:
     """``(architecture, spec, loaded torch weights or None)``: :func:`cvt.core.weights.resolve` with torch tensors."""
     config, spec, loaded = core_resolve(
-        name, weights=weights, pretrained=pretrained, framework="pt", read_pickle=load_pickle, strict=strict
+        name, weights=weights, pretrained=pretrained, framework="pt", strict=strict
     )
     return config, spec, as_torch(loaded) if loaded is not None else None
 
