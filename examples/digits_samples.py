@@ -8,7 +8,7 @@ that ``cvt train`` validates on (never trained on); each file is named by its tr
 import sys
 from pathlib import Path
 
-from cvt.data.datasets import digit_image, digits_split
+from cvt.data.sources import digit_image, digits_split
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/digits/samples")
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 8

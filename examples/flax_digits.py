@@ -19,23 +19,9 @@ import time
 import numpy as np
 from PIL import Image
 
+from cvt.data.sources import digits_split  # the demo's split; framework-free (no torch)
+
 IMG_SIZE = 32
-
-
-def digits_split(val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(train_images, train_labels, val_images, val_labels)``: uint8 ``(N, 8, 8)`` images, 0..255.
-
-    The split of :func:`cvt.data.datasets.digits_split` (torch package), reproduced with scikit-learn alone.
-    """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
-    idx = np.arange(len(images))
-    tr, va = train_test_split(idx, test_size=val_fraction, stratify=d.target, random_state=seed)
-    tr, va = np.sort(tr), np.sort(va)
-    return images[tr], d.target[tr], images[va], d.target[va]
 
 
 def to_inputs(images: np.ndarray) -> np.ndarray:
@@ -75,8 +61,9 @@ def main(argv: list[str] | None = None) -> float:
     from cvt.flax import train as ft
 
     t0 = time.perf_counter()
-    xtr, ytr, xva, yva = digits_split()
-    xtr, xva = to_inputs(xtr), to_inputs(xva)
+    train, held_out = digits_split()
+    xtr, ytr = to_inputs(train.images), np.asarray(train.targets)
+    xva, yva = to_inputs(held_out.images), np.asarray(held_out.targets)
     model = cf.create_model("cvt-digits", seed=args.seed)
     steps_per_epoch = len(xtr) // args.batch_size
     total = args.epochs * steps_per_epoch

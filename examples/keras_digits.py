@@ -3,12 +3,12 @@
     KERAS_BACKEND=tensorflow python examples/keras_digits.py [--epochs 40] [--out digits_keras.safetensors]
 
 The data: scikit-learn's 1,797 8x8 digits, grey levels scaled to 0..255, the same fixed stratified 20% held-out
-split as ``cvt train`` (``cvt.data.datasets.digits_split``: ``train_test_split(stratify=target, random_state=0)``,
-reproduced here so that the example needs no torch), prepared by the official evaluation pipeline at 32 pixels
-(bicubic resize to 36, centre crop 32, ImageNet mean/std: :class:`cvt.keras.CvTImagePreprocessor`); training adds
-random shifts of up to 3 pixels. The model: ``cvt-digits`` (1.7M parameters), AdamW 2e-3 with warm-up and cosine
-decay, weight decay 0.05 off norms / biases / cls token. Prints held-out top-1 and the time, and saves the
-weights as native safetensors (``cvt predict --weights`` and ``cvt.create_model(weights=...)`` read them).
+split as ``cvt train`` (``cvt.data.sources.digits_split``, framework-free: the example needs no torch), prepared by
+the official evaluation pipeline at 32 pixels (bicubic resize to 36, centre crop 32, ImageNet mean/std:
+:class:`cvt.keras.CvTImagePreprocessor`); training adds random shifts of up to 3 pixels. The model: ``cvt-digits``
+(1.7M parameters), AdamW 2e-3 with warm-up and cosine decay, weight decay 0.05 off norms / biases / cls token.
+Prints held-out top-1 and the time, and saves the weights as native safetensors (``cvt predict --weights`` and
+``cvt.create_model(weights=...)`` read them).
 """
 
 from __future__ import annotations
@@ -18,21 +18,15 @@ import time
 
 import keras
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 import cvt.keras as ck
 from cvt.core.spec import EvalPreprocess
+from cvt.data.sources import digits_split
 
 
-def digits_split(val_fraction: float = 0.2, seed: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """``((train images, labels), (held-out images, labels))``: images ``(N, 8, 8, 3)`` uint8, as the torch demo."""
-    d = load_digits()
-    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)
-    tr, va = train_test_split(np.arange(len(images)), test_size=val_fraction, stratify=d.target, random_state=seed)
-    tr, va = np.sort(tr), np.sort(va)
-    rgb = np.repeat(images[..., None], 3, axis=-1)
-    return (rgb[tr], d.target[tr]), (rgb[va], d.target[va])
+def rgb(images: np.ndarray) -> np.ndarray:
+    """``(N, 8, 8)`` uint8 grey digits -> ``(N, 8, 8, 3)``, what the preprocessor takes."""
+    return np.repeat(images[..., None], 3, axis=-1)
 
 
 class Shifted(keras.utils.PyDataset):
@@ -71,9 +65,10 @@ def main() -> None:
     args = ap.parse_args()
     keras.utils.set_random_seed(0)
 
-    (xtr, ytr), (xva, yva) = digits_split()
+    train, held_out = digits_split()
+    ytr, yva = np.asarray(train.targets), np.asarray(held_out.targets)
     prep = ck.CvTImagePreprocessor(EvalPreprocess(img_size=32, crop_pct=0.875))
-    xtr, xva = prep(xtr), prep(xva)  # (N, 32, 32, 3) float32
+    xtr, xva = prep(rgb(train.images)), prep(rgb(held_out.images))  # (N, 32, 32, 3) float32
     black = prep(np.zeros((1, 8, 8, 3), np.uint8))[0, 0, 0]  # the prepared value of a black pixel
 
     model = ck.create_model("cvt-digits")

@@ -17,6 +17,8 @@ from cvt import bench
 from cvt.bench import Case, Report, Result, build_pair, format_table, make_step, run_benchmark
 from cvt.cli import main
 
+TESTS = Path(__file__).parent
+
 
 def test_case_parsing():
     assert Case.parse("infer-224-b32") == Case("infer", 224, 32)
@@ -97,6 +99,26 @@ def test_run_benchmark_tiny(tmp_path, capsys):
     assert [r["impl"] for r in d["results"]] == ["ours"]  # without the peer no ratio, so no ours-gelu either
     assert d["ratios_hf_over_ours"] == {"same_math": {}, "defaults": {}}
     assert main(["bench", "--cases", "infer-64"]) == 2
+
+
+def test_the_benchmarks_script_is_cvt_bench_keeping_its_report(monkeypatch, tmp_path, capsys):
+    """``benchmarks/bench_vs_hf.py`` runs ``cvt bench`` with the same arguments and keeps the JSON report and the
+    printed table under ``<model>-<device>-<precision>``; a bad argument is cvt bench's one line."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_vs_hf", TESTS.parent / "benchmarks" / "bench_vs_hf.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(script, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench, "matmul_peak", lambda *a, **k: 1.0)
+    args = ["--model", "cvt-tiny", "--cases", "infer-64-b1", "--repeats", "1", "--no-peer", "--no-memory"]
+    assert script.main(args) == 0
+    table = capsys.readouterr().out
+    assert "| infer-64-b1 |" in table and (tmp_path / "cvt-tiny-cpu-fp32.md").read_text() == table
+    report = json.loads((tmp_path / "cvt-tiny-cpu-fp32.json").read_text())
+    assert [r["impl"] for r in report["results"]] == ["ours"]
+    assert script.main(["--model", "cvt-tiny", "--no-peer", "--cases", "infer-64"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("cvt bench: error: ")
 
 
 def test_a_step_that_fails_is_one_line_naming_the_case(monkeypatch, capsys):

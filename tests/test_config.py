@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import cvt
+from cvt.core import spellings
 from cvt.core.config import ConfigError, CvTConfig, StageConfig, conv_out
 
 
@@ -138,7 +139,8 @@ def test_drop_path_ramp_equals_official_linspace():
 
 def test_conv_out_matches_torch():
     for size in (1, 5, 14, 56, 57):
-        for k, s, p in ((3, 2, 1), (7, 4, 2), (3, 1, 1), (2, 2, 0)):
+        for k, s, p in ((3, 2, 1), (7, 4, 2), (3, 1, 1), (2, 2, 0), (3, 3, 1), (4, 3, 2), (2, 3, 1)):  # last 3: a
+            # last ceil-mode window may start in the right padding, and PyTorch drops it
             for ceil in (False, True):
                 if 2 * p > k:
                     continue
@@ -147,6 +149,56 @@ def test_conv_out_matches_torch():
                     continue
                 ref = torch.nn.functional.avg_pool2d(x, k, s, p, ceil_mode=ceil).shape[-1]
                 assert conv_out(size, k, s, p, ceil) == ref, (size, k, s, p, ceil)
+
+
+class _Traced:
+    """A size known only at run time (a traced scalar): arithmetic works, comparing or branching on it raises."""
+
+    def __init__(self, value: int):
+        self.value = value
+
+    def _op(self, other, fn):
+        return _Traced(fn(self.value, other.value if isinstance(other, _Traced) else other))
+
+    def __add__(self, other):
+        return self._op(other, int.__add__)
+
+    def __sub__(self, other):
+        return self._op(other, int.__sub__)
+
+    def __floordiv__(self, other):
+        return self._op(other, int.__floordiv__)
+
+    def __bool__(self):
+        raise TypeError("a traced size has no truth value")
+
+    __lt__ = __le__ = __gt__ = __ge__ = __bool__
+
+
+def test_conv_out_computes_on_traced_sizes():
+    """Keras sizes the ``avg`` projection of a map whose size is a tensor: ``conv_out`` never branches on it."""
+    for size in (5, 14, 57):
+        for k, s, p in ((3, 2, 1), (3, 3, 1), (4, 3, 2), (2, 3, 1), (7, 4, 2)):
+            for ceil in (False, True):
+                assert conv_out(_Traced(size), k, s, p, ceil).value == conv_out(size, k, s, p, ceil)
+
+
+def test_spellings_module_and_the_classmethods_agree():
+    """The foreign spellings are functions of ``cvt.core.spellings``; ``CvTConfig``'s classmethods delegate."""
+    cfg = cvt.get_config("cvt-13")
+    assert spellings.to_official_spec(cfg) == cfg.to_official_spec()
+    assert spellings.from_official_spec(cfg.to_official_spec(), name="cvt-13") == cfg
+    assert spellings.to_hf_config(cfg) == cfg.to_hf_config()
+    # every StageConfig field survives HF's spelling (HF's activation is exact GELU: override it back)
+    assert spellings.from_hf_config(cfg.to_hf_config(), activation="quick_gelu", name="cvt-13") == cfg
+    assert set(spellings.STAGE_FIELDS) == {f.name for f in dataclasses.fields(StageConfig)}
+
+
+def test_derived_values_are_properties_of_the_config():
+    cfg = cvt.get_config("cvt-13")
+    assert cfg.num_features == 384 and cfg.has_cls_token
+    no_cls = cfg.replace(stages=(*cfg.stages[:2], dataclasses.replace(cfg.stages[2], cls_token=False)))
+    assert not no_cls.has_cls_token
 
 
 def test_stage_config_defaults_are_official_later_stages():

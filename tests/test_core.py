@@ -98,7 +98,7 @@ def test_torch_features_name_the_extra_without_torch(tmp_path):
 
 
 def test_weights_read_as_numpy_without_torch(tmp_path):
-    """Native and HF safetensors read with numpy alone; a pickle says how to convert it."""
+    """Native and HF safetensors, and a PyTorch pickle (the official layout), read with numpy alone."""
     import numpy as np
     import torch
 
@@ -117,10 +117,9 @@ def test_weights_read_as_numpy_without_torch(tmp_path):
         import json
         import numpy as np
         from cvt.core.weights import read_arrays, resolve, save_native_arrays
-        from cvt.core.errors import WeightsError
         want = dict(np.load({str(tmp_path / "expected.npz")!r}))
         res = {{}}
-        for name in ("tiny.safetensors", "hf"):
+        for name in ("tiny.safetensors", "hf", "tiny.pth"):
             got = read_arrays({str(tmp_path)!r} + "/" + name)
             res[name] = [got.source_format, sorted(got.state_dict) == sorted(want),
                          all(np.array_equal(got.state_dict[k], want[k]) for k in want)]
@@ -129,17 +128,13 @@ def test_weights_read_as_numpy_without_torch(tmp_path):
         again = resolve(weights={str(tmp_path / "again.safetensors")!r})
         res["again"] = again[0] == config and again[1] == spec
         res["labels"] = list(spec.labels)
-        try:
-            read_arrays({str(tmp_path / "tiny.pth")!r})
-        except WeightsError as e:
-            res["pth"] = str(e)
         print(json.dumps(res))
         """,
         tmp_path,
     )
     assert out["tiny.safetensors"] == ["native", True, True] and out["hf"] == ["hf", True, True]
+    assert out["tiny.pth"] == ["official", True, True]
     assert out["again"] is True and out["labels"] == list("abcdefghij")
-    assert "needs torch" in out["pth"] and "cvt convert" in out["pth"] and "\n" not in out["pth"]
     assert torch.equal(cvt.create_model(weights=tmp_path / "again.safetensors").head.weight, model.head.weight)
 
 

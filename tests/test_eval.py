@@ -18,8 +18,10 @@ import cvt.commands.eval as eval_command
 import cvt.train.plots
 from conftest import path_state, read_only_dir
 from cvt.cli import main
+from cvt.core.classes import map_eval_classes
+from cvt.core.errors import DataError
 from cvt.core.labels import imagenet_wnids
-from cvt.data.datasets import DataError, EvalFiles, eval_source, map_eval_classes
+from cvt.data.sources import EvalFiles, eval_source
 from cvt.eval import evaluate
 from cvt.torch.factory import resolve
 from cvt.torch.weights import save_native
@@ -42,14 +44,15 @@ def test_evaluate_metrics():
     x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2)
     loader = [(x[:3], labels[:3], []), (x[3:], labels[3:], ["bad.jpg: corrupt"])]
     res = evaluate(_Fixed(logits), loader, 6)
-    assert res["n"] == 4 and res["top1"] == 0.5 and res["top5"] == 1.0 and res["skipped"] == 1
-    assert res["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item())
-    assert res["per_class"][:4] == [1.0, None, 0.5, 0.0] and res["confusion"][2] == [0, 1, 1, 0, 0, 0]
-    assert res["images_per_s"] > 0
+    assert res.n == 4 and res.top1 == 0.5 and res.top5 == 1.0 and res.skipped == 1
+    assert res.skipped_files == ["bad.jpg: corrupt"]
+    assert res.loss == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item())
+    assert res.per_class[:4] == [1.0, None, 0.5, 0.0] and res.confusion[2] == [0, 1, 1, 0, 0, 0]
+    assert res.images_per_s > 0
     # under torchrun every process sums its shard's numbers with the others' (here: two identical shards)
     twice = evaluate(_Fixed(logits), loader, 6, all_reduce=lambda t: t.mul_(2))
-    assert twice["n"] == 8 and twice["top1"] == 0.5 and twice["loss"] == pytest.approx(res["loss"])
-    assert twice["confusion"][2] == [0, 2, 2, 0, 0, 0]
+    assert twice.n == 8 and twice.top1 == 0.5 and twice.loss == pytest.approx(res.loss)
+    assert twice.confusion[2] == [0, 2, 2, 0, 0, 0]
 
 
 LABELS = ("cat", "dog", "fox")
@@ -213,6 +216,10 @@ def test_cvt_eval_maps_folders_by_the_model_names(world, capsys):
     # by name: the fox folder is class 2 (all right), dog is class 1 (all wrong); by sorted position fox would be 1
     assert r["top1"] == 0.5 and r["per_class"] == {"dog": 0.0, "fox": 1.0} and r["class_mapping"] == "labels"
     assert "note" not in capsys.readouterr().err
+    assert list(r) == [  # the report's keys and their order: what scripts reading --output rely on
+        "data", "model", "weights", "class_mapping", "preprocess", "n", "top1", "top5", "loss", "images_per_s",
+        "per_class", "skipped", "skipped_files", "confusion",
+    ]  # fmt: skip
 
 
 def test_cvt_eval_refuses_folders_that_are_not_the_model_classes(world, capsys):

@@ -120,6 +120,31 @@ def test_feature_maps_and_attention_equal_torch():
             assert max_diff(a, r.numpy()) <= TOL
 
 
+def test_stages_attention_and_derived_values_follow_the_torch_contract():
+    """A stage returns ``(tokens, map)`` as in PyTorch; attention weights come from their own method (no flag);
+    ``num_features`` / ``has_cls_token`` / ``num_classes`` are read from the config, not copied."""
+    tm, fm = torch_pair(tiny_config())
+    x = images(2, 64, 80)
+    xt, xf = torch.from_numpy(x), nhwc(x)
+    for torch_stage, stage in zip(tm.stages, fm.stages):
+        with torch.no_grad():
+            ref_tokens, xt = torch_stage(xt)
+        tokens, xf = stage(xf)
+        assert max_diff(tokens, ref_tokens.numpy()) <= TOL
+        assert max_diff(xf, xt.numpy().transpose(0, 2, 3, 1)) <= TOL
+    tokens, h, w = fm.stages[2].embed(fm.stages[1](fm.stages[0](nhwc(x))[1])[1])
+    attn = fm.stages[2].blocks[0].attn
+    weights = attn.attention_weights(tokens, h, w)  # (B, heads, 1 + HW, 1 + HkWk), rows sum to 1
+    assert weights.shape == (2, 3, 1 + h * w, 1 + 2 * 3) and max_diff(weights.sum(-1), 1.0) <= TOL
+    _, _, v = attn.qkv(tokens, h, w)
+    explicit = attn.proj(jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(2, 1 + h * w, -1))
+    assert max_diff(explicit, attn(tokens, h, w)) <= TOL
+    assert (fm.num_features, fm.has_cls_token, fm.num_classes) == (48, True, 10)
+    assert not {"num_features", "has_cls_token", "num_classes"} & set(vars(fm))  # properties of the config
+    fm.reset_classifier(3, rngs=nnx.Rngs(0))
+    assert fm.num_classes == fm.config.num_classes == 3
+
+
 def test_gelu_model_equals_hf(hf_tiny_dir):
     """An HF directory (safetensors + config.json, read without torch) gives HF's own logits."""
     path, hf = hf_tiny_dir
@@ -187,9 +212,9 @@ def test_weight_errors_name_the_tensors():
     with pytest.raises(WeightsError) as e:
         cf.from_state_dict(tm.config, broken)
     msg = str(e.value)
-    assert "1 missing: stages.1.blocks.0.mlp.fc1.weight" in msg
-    assert "1 unexpected: stages.0.extra" in msg
-    assert "norm.weight (7,) (model (48,))" in msg
+    assert "1 missing (first: stages.1.blocks.0.mlp.fc1.weight)" in msg
+    assert "1 unexpected (first: stages.0.extra)" in msg
+    assert "1 mis-shaped (first: norm.weight: file (7,) vs model (48,))" in msg and "\n" not in msg
     without_counters = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
     cf.from_state_dict(tm.config, without_counters)  # the counter is optional: it never changes a forward
 
@@ -385,14 +410,13 @@ def test_flax_digits_example_uses_the_pytorch_demo_split():
     import importlib.util
     from pathlib import Path
 
-    from cvt.data.datasets import digits_split
+    from cvt.data.sources import digits_split
 
     path = Path(__file__).resolve().parents[1] / "examples" / "flax_digits.py"
     spec = importlib.util.spec_from_file_location("flax_digits", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    xtr, ytr, xva, yva = example.digits_split()
-    train, val = digits_split()
-    assert np.array_equal(xtr, train.images) and np.array_equal(ytr, train.targets)
-    assert np.array_equal(xva, val.images) and np.array_equal(yva, val.targets)
-    assert example.to_inputs(xva[:2]).shape == (2, 32, 32, 3)
+    assert example.digits_split is digits_split  # the demo's split itself, not a copy of it
+    train, val = example.digits_split()
+    assert len(train) == 1437 and len(val) == 360 and val.images.shape == (360, 8, 8)
+    assert example.to_inputs(val.images[:2]).shape == (2, 32, 32, 3)

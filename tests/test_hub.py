@@ -16,9 +16,10 @@ import pytest
 import torch
 
 import cvt
+from cvt.core.errors import WeightsError
 from cvt.core.hub import cached_checkpoint, download_checkpoint
 from cvt.core.presets import CHECKPOINTS, Checkpoint
-from cvt.torch.weights import WeightsError, save_native, save_official
+from cvt.torch.weights import save_native, save_official
 
 hub = pytest.importorskip("huggingface_hub")
 hub_constants = pytest.importorskip("huggingface_hub.constants")
@@ -170,6 +171,11 @@ def test_cache_layout_is_used_without_network(tmp_path, monkeypatch):
     assert download_checkpoint(TINY) == snap / "model.safetensors"
     loaded = cvt.create_model(TINY.name, pretrained=True)
     assert loaded.config.activation == "quick_gelu" and loaded.load_report.ok
+    # a config made from the name (what a training recipe builds) takes the same released checkpoint
+    from cvt.core.presets import get_config
+
+    again = cvt.create_model(get_config(TINY.name), pretrained=True)
+    assert again.load_report.ok and torch.equal(again.head.weight, loaded.head.weight)
 
 
 def test_import_touches_no_network():

@@ -1,12 +1,15 @@
-"""Each building block of ``cvt.torch.layers`` alone: shapes against the core geometry, the attention arithmetic against a
-manual computation, stochastic depth, float32 LayerNorm."""
+"""Each building block of ``cvt.torch.layers`` alone: shapes against the core geometry, the attention arithmetic
+against a manual computation, stochastic depth, float32 LayerNorm; a block built from a stage config by the core's
+``block_args``, and the core's checks in the modules."""
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from conftest import randomize_norms
-from cvt.core.config import StageConfig, conv_out
+from cvt.core.config import StageConfig, block_args, conv_out
+from cvt.core.errors import ConfigError
 from cvt.torch.layers import (
     Attention,
     Block,
@@ -17,6 +20,7 @@ from cvt.torch.layers import (
     Mlp,
     QuickGELU,
     build_projection,
+    make_activation,
     merge_heads,
     split_heads,
     to_tokens,
@@ -199,3 +203,27 @@ def test_block_is_pre_norm_residual():
             lin.weight.zero_()
             lin.bias.zero_()
     torch.testing.assert_close(blk(x, 4, 4), x, rtol=0, atol=0)
+
+
+def test_block_args_map_a_stage_config_to_a_block():
+    """``block_args`` is the one mapping from a stage's config to a block's arguments (every front-end uses it)."""
+    stage = StageConfig(12, 2, 3, qkv_proj_method="avg", cls_token=True, drop_rate=0.1, attn_drop_rate=0.2,
+                        stride_kv=3, padding_kv=0, mlp_ratio=2.0)  # fmt: skip
+    blk = Block(**block_args(stage, 0.05, "gelu", 1e-6))
+    assert blk.drop_path.p == 0.05 and blk.norm1.eps == blk.norm2.eps == 1e-6 and isinstance(blk.mlp.act, nn.GELU)
+    assert blk.mlp.fc1.out_features == 24 and blk.mlp.drop.p == blk.attn.proj_drop.p == 0.1
+    assert blk.attn.attn_drop == 0.2 and blk.attn.num_heads == 3 and blk.attn.with_cls_token
+    assert isinstance(blk.attn.conv_proj_q, nn.Identity)  # avg pools keys and values only
+    assert (blk.attn.conv_proj_k.kernel_size, blk.attn.conv_proj_k.stride, blk.attn.conv_proj_k.padding) == (3, 3, 0)
+    hk, wk = stage.kv_shape(7, 5)
+    assert blk.attn.attention_weights(torch.randn(1, 1 + 35, 12), 7, 5).shape == (1, 3, 1 + 35, 1 + hk * wk)
+
+
+def test_modules_refuse_what_the_config_refuses():
+    """The front-end modules check with the core's rules and messages (a ``ConfigError`` is a ``ValueError``)."""
+    with pytest.raises(ConfigError, match=r"^num_heads: 5 heads do not divide embed_dim 12$"):
+        Attention(12, 5)
+    with pytest.raises(ConfigError, match=r"^activation: 'relu' is not one of"):
+        make_activation("relu")
+    with pytest.raises(ConfigError, match=r"^qkv_proj_method: 'conv' is not one of"):
+        build_projection("conv", 8, 3, 1, 1)

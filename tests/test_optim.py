@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 
 import cvt
+from cvt.core.optim import decays
 from cvt.train import lr_at, param_groups
 from cvt.train.ema import ModelEma
 from cvt.train.optim import build_optimizer
@@ -40,6 +47,48 @@ def test_no_weight_decay_on_norms_biases_and_cls_token():
     assert "stages.0.blocks.0.attn.conv_proj_k.conv.weight" in d  # depthwise convs ARE decayed (official)
     assert "head.weight" in d and "stages.0.patch_embed.proj.weight" in d
     assert len(d) + len(nd) == len(list(model.parameters()))
+
+
+def _decayed_names(model: torch.nn.Module) -> set[str]:
+    """The native names torch's :func:`param_groups` puts in the decayed group."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)] for p in param_groups(model, 0.05)[0]["params"]}
+
+
+def test_the_core_rule_by_native_name_and_shape():
+    assert decays("stages.0.blocks.0.mlp.fc1.weight", 2) and decays("stages.0.patch_embed.proj.weight", 4)
+    assert decays("stages.0.blocks.0.attn.conv_proj_q.conv.weight", 4)  # depthwise: decayed (official)
+    assert not decays("head.bias", 1) and not decays("stages.2.cls_token", 3)
+    assert not decays("norm.weight", 1) and not decays("stages.0.blocks.0.attn.conv_proj_q.bn.weight", 1)
+    assert not decays("pos_embed", 3, skip={"pos_embed"}) and not decays("body.pos_embed", 3, skip={"pos_embed"})
+    assert decays("body.my_pos_embed", 3, skip={"pos_embed"})  # a suffix after a dot, not any substring
+
+
+@pytest.mark.keras
+@pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="keras is not installed")
+def test_keras_compile_decays_what_torch_decays():
+    """``CvTImageClassifier.compile()``'s AdamW decays exactly the variables whose native names torch decays."""
+    config = cvt.get_config("cvt-tiny")
+    code = textwrap.dedent(
+        f"""
+        import json
+        import cvt.keras as ck
+        from cvt.core import CvTConfig
+        model = ck.create_model(CvTConfig.from_dict({config.to_dict()!r}))
+        model.compile()
+        variables = ck.native_variables(model).items()
+        # NOTE _use_weight_decay is Keras' own per-variable decision (what AdamW applies)
+        print(json.dumps([n for n, (v, _) in variables if v.trainable and model.optimizer._use_weight_decay(v)]))
+        """
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    keras_decayed = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    torch_decayed = _decayed_names(cvt.create_model(config))
+    assert keras_decayed == torch_decayed
+    assert "stages.2.cls_token" not in keras_decayed
+    assert "stages.0.blocks.0.attn.conv_proj_q.conv.weight" in keras_decayed
 
 
 def test_build_optimizer_adamw_and_sgd():

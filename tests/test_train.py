@@ -74,7 +74,7 @@ def test_a_run_writes_everything_a_user_needs_and_leaves_the_process_as_it_was(t
     assert ck["state"]["epoch"] == 3 and ck["classes"] == [str(i) for i in range(10)]
     # the exported weights describe themselves: architecture, labels, preprocessing
     model = cvt.create_model(weights=out / "best.safetensors")
-    assert model.pretrained_cfg.labels == tuple(str(i) for i in range(10))
+    assert model.pretrained_cfg.labels.names == tuple(str(i) for i in range(10))
     assert model.pretrained_cfg.preprocess.img_size == 16
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -252,7 +252,7 @@ def test_list_data_and_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "validation top-1: final" in out and "epoch   2/2" in out
     model = cvt.create_model(weights=tmp_path / "run" / "best.safetensors")
-    assert model.pretrained_cfg.labels == ("blue", "red")
+    assert model.pretrained_cfg.labels.names == ("blue", "red")
 
 
 @pytest.mark.slow

@@ -10,7 +10,8 @@ import yaml
 
 from conftest import TINY_SPEC, tiny_recipe
 from cvt.cli import main
-from cvt.data.datasets import DataError, build_sources
+from cvt.core.errors import DataError
+from cvt.data.sources import build_sources
 from cvt.train import TrainConfig, TrainConfigError, dry_run, fit, load_config
 from cvt.train.config import apply_override, validate
 
@@ -98,6 +99,21 @@ def test_bad_recipes_fail_with_one_line_naming_the_key(override, message):
     with pytest.raises(TrainConfigError) as e:
         load_config(None, [override])
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_interpolations_and_activations_are_the_cores():
+    """The recipe accepts every interpolation the evaluation preprocessing does (lanczos too), but lanczos cannot
+    drive RandAugment's rotations and shears (PIL's affine transforms refuse it): one line, before any data."""
+    from cvt.core.config import ACTIVATIONS
+    from cvt.core.spec import INTERPOLATIONS
+    from cvt.train import config as train_config
+
+    assert train_config.INTERPOLATIONS is INTERPOLATIONS and train_config.ACTIVATIONS is ACTIVATIONS
+    assert load_config(None, ["data.interpolation=lanczos"]).data.interpolation == "lanczos"
+    with pytest.raises(TrainConfigError) as e:
+        load_config(CONFIGS / "cvt-13-imagenet.yaml", ["data.interpolation=lanczos"])
+    message = str(e.value)
+    assert message.startswith("data.interpolation: lanczos cannot drive augment.randaugment") and "\n" not in message
 
 
 def test_bad_yaml_and_missing_file(tmp_path):

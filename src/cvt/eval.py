@@ -9,11 +9,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# the slots of the running sums, one float64 vector so that one all_reduce adds them all up
+LOSS_SUM, TOP5_HITS, IMAGES, SKIPPED = range(4)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """:func:`evaluate`'s numbers. Accuracies are fractions in [0, 1]; ``loss`` is the mean cross-entropy.
+
+    ``per_class``: ``K`` accuracies, ``None`` for classes without images; ``confusion``: ``K x K`` counts (rows:
+    true class, columns: top-1 prediction); ``skipped_files``: the first 20 ``"path: reason"`` of the ``skipped``
+    unreadable images.
+    """
+
+    n: int
+    top1: float
+    top5: float
+    loss: float
+    per_class: list[float | None]
+    confusion: list[list[int]]
+    images_per_s: float
+    skipped: int
+    skipped_files: list[str] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -26,38 +50,32 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     all_reduce: Callable[[torch.Tensor], Any] | None = None,
-) -> dict[str, Any]:
-    """Run ``model`` (in eval mode) over ``loader``.
-
-    Returns ``{"n", "top1", "top5", "loss", "per_class" (K accuracies, None for absent classes),
-    "confusion" (K x K counts, rows = true class), "images_per_s", "skipped", "skipped_files"}``.
-    Accuracies are fractions in [0, 1]; ``loss`` is the mean cross-entropy.
-    """
+) -> EvalResult:
+    """Run ``model`` (in eval mode, restored afterwards) over ``loader``; see :class:`EvalResult`."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    k = num_classes
-    confusion = torch.zeros(k, k, dtype=torch.float64, device=device)
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-5 hits, images, skipped
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # indexed by LOSS_SUM, TOP5_HITS, IMAGES, SKIPPED
     skipped_files: list[str] = []
     t0 = time.perf_counter()
-    for x, y, bad in loader:
-        sums[3] += len(bad)
+    for images, labels, bad in loader:
+        sums[SKIPPED] += len(bad)
         skipped_files.extend(bad)
-        if x.numel() == 0:
+        if images.numel() == 0:
             continue
-        x = x.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True)
         if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = y.to(device, non_blocking=True)
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x)
+            logits = model(images)
         logits = logits.float()
-        sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
-        top = logits.topk(min(5, k), dim=1).indices  # (B, 5)
-        sums[1] += (top == y[:, None]).any(dim=1).sum()
-        sums[2] += y.numel()
-        confusion.index_put_((y, top[:, 0]), torch.ones_like(y, dtype=torch.float64), accumulate=True)
+        sums[LOSS_SUM] += F.cross_entropy(logits, labels, reduction="sum").double()
+        top = logits.topk(min(5, num_classes), dim=1).indices  # (B, 5)
+        sums[TOP5_HITS] += (top == labels[:, None]).any(dim=1).sum()
+        sums[IMAGES] += labels.numel()
+        confusion.index_put_((labels, top[:, 0]), torch.ones_like(labels, dtype=torch.float64), accumulate=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - t0
@@ -65,18 +83,18 @@ def evaluate(
         all_reduce(sums)
         all_reduce(confusion)
     model.train(was_training)
-    n = int(sums[2])
-    cm = confusion.round().long().cpu()
-    per_class_n = cm.sum(dim=1)
-    per_class = [float(cm[i, i] / per_class_n[i]) if per_class_n[i] > 0 else None for i in range(k)]
-    return {
-        "n": n,
-        "top1": float(cm.diagonal().sum()) / n if n else 0.0,
-        "top5": float(sums[1]) / n if n else 0.0,
-        "loss": float(sums[0]) / n if n else float("nan"),
-        "per_class": per_class,
-        "confusion": cm.tolist(),
-        "images_per_s": n / elapsed if elapsed > 0 else 0.0,
-        "skipped": int(sums[3]),
-        "skipped_files": skipped_files[:20],
-    }
+    n = int(sums[IMAGES])
+    counts = confusion.round().long().cpu()
+    per_class_n = counts.sum(dim=1)
+    per_class = [float(counts[i, i] / per_class_n[i]) if per_class_n[i] > 0 else None for i in range(num_classes)]
+    return EvalResult(
+        n=n,
+        top1=float(counts.diagonal().sum()) / n if n else 0.0,
+        top5=float(sums[TOP5_HITS]) / n if n else 0.0,
+        loss=float(sums[LOSS_SUM]) / n if n else float("nan"),
+        per_class=per_class,
+        confusion=counts.tolist(),
+        images_per_s=n / elapsed if elapsed > 0 else 0.0,
+        skipped=int(sums[SKIPPED]),
+        skipped_files=skipped_files[:20],
+    )

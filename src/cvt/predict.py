@@ -23,17 +23,16 @@ from torch.utils.data import DataLoader
 from .core.errors import ImageError, UsageError
 from .core.images import DEFAULT_MAX_PIXELS, load_image, to_pil
 from .core.labels import resolve_labels
-from .core.presets import default_spec, get_checkpoint, get_config
+from .core.presets import DEFAULT_MODEL, default_spec, get_checkpoint, get_config
 from .core.spec import EvalPreprocess
-from .data.datasets import EvalSet, ImageFiles, collate
+from .data.datasets import EvalSet, collate
+from .data.sources import ImageFiles
 from .data.transforms import build_eval_transform
 from .explain import cls_attention
 from .torch.factory import create_model
 from .torch.fusion import fuse
 from .torch.model import CvT
 from .torch.runtime import resolve_device
-
-DEFAULT_MODEL = "cvt-13"
 
 
 class PredictorError(UsageError):

@@ -26,7 +26,7 @@ def run_bench(
     cases: Sequence[str] = default_of(run_benchmark, "cases"),
     repeats: Annotated[int, Arg(minimum=1)] = default_of(run_benchmark, "repeats"),
     threads: Annotated[int | None, Arg(minimum=1)] = None,
-    with_peer: Annotated[bool, Arg("--no-peer")] = default_of(run_benchmark, "with_peer"),
+    peer: bool = default_of(run_benchmark, "with_peer"),
     memory: bool = default_of(run_benchmark, "memory"),
     compile_ours: Annotated[bool, Arg("--compile")] = default_of(run_benchmark, "compile_ours"),
     onnx: bool = default_of(run_benchmark, "onnx"),
@@ -45,7 +45,7 @@ def run_bench(
         cases: infer-<res>-b<batch> / train-<res>-b<batch>
         repeats: timed iterations per case and side (median)
         threads: torch threads (default: torch's choice)
-        with_peer: skip transformers (ours only)
+        peer: transformers' CvT timed beside ours (both ratios need it)
         memory: per-side peak-memory child processes
         compile_ours: add a torch.compile'd column for ours
         onnx: add an onnxruntime column (inference cases)
@@ -65,7 +65,7 @@ def run_bench(
             raise UsageError(f"--onnx: the onnxruntime column runs on the CPU; not with --device {device}")
         require("onnxruntime", "export", "--onnx")
         require("onnx", "export", "--onnx")
-    if with_peer and importlib.util.find_spec("transformers") is None:
+    if peer and importlib.util.find_spec("transformers") is None:
         raise UsageError("the peer needs transformers (pip install transformers) or use --no-peer")
     memory_bytes = _device_memory(dev)
     unique = list(dict.fromkeys(cases))  # a case named twice would be timed twice under one name
@@ -82,7 +82,7 @@ def run_bench(
         model_name,
         unique,
         repeats,
-        with_peer=with_peer,
+        with_peer=peer,
         memory=memory,
         compile_ours=compile_ours,
         onnx=onnx,

@@ -63,7 +63,9 @@ def run_convert(
     if to == "native":
         out = save_native(sd, cfg, out, spec)
     elif to == "hf":
-        out = save_hf(sd, cfg, out, list(spec.labels) if isinstance(spec.labels, tuple) else None)
+        # a named set (imagenet-1k) stays unexpanded: config.json gets HF's LABEL_<i> placeholders, as it always has
+        names = list(spec.labels) if spec.labels is not None and spec.labels.inline else None
+        out = save_hf(sd, cfg, out, names)
     else:
         out = save_official(sd, out)
     n = sum(v.numel() for k, v in sd.items() if not k.endswith("num_batches_tracked"))

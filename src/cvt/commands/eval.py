@@ -14,9 +14,10 @@ from ..core.errors import CvtError, DataError, UsageError, WriteError, first_lin
 from ..core.files import check_writable, write_text
 from ..core.presets import get_checkpoint, get_config
 from ..core.spec import EvalPreprocess
-from ..data.datasets import EvalFiles, EvalSet, collate, eval_source, read_eval_data
+from ..data.datasets import EvalSet, collate
+from ..data.sources import EvalFiles, eval_source, read_eval_data
 from ..data.transforms import build_eval_transform
-from ..eval import evaluate
+from ..eval import EvalResult, evaluate
 from ..torch.factory import create_model
 from ..torch.fusion import fuse
 from ..torch.model import CvT
@@ -73,8 +74,8 @@ def run_eval(
         collate_fn=collate,
     )
     res = evaluate(net, loader, net.config.num_classes, device=dev)
-    if res["n"] == 0:
-        first = res["skipped_files"][0] if res["skipped_files"] else "none"
+    if res.n == 0:
+        first = res.skipped_files[0] if res.skipped_files else "none"
         raise DataError(f"{data}: none of its {len(source)} images could be read (first: {first})")
     rule = source.mapping.rule if isinstance(source, EvalFiles) else "digits"
     report = _report(res, source.classes, data, net.config.name, weights, pre, rule)
@@ -89,11 +90,11 @@ def run_eval(
         print(json.dumps(report, indent=2))
     else:
         _summary(report, pre, written)
-    for msg in res["skipped_files"][:5]:
+    for msg in res.skipped_files[:5]:
         print(f"cvt eval: skipped {msg}", file=sys.stderr)
     if failed is not None:  # the numbers are out (printed, and in --output); now the one line on the picture
         raise failed
-    return 1 if res["skipped"] else 0
+    return 1 if res.skipped else 0
 
 
 def _check_model_name(model: str | None, weights: str | None) -> None:
@@ -118,13 +119,12 @@ def _check_destinations(output: str | None, confusion: str | None) -> None:
 
 def _load(model: str | None, weights: str | None, device: torch.device) -> CvT:
     """The model to evaluate, fused for inference (its ``pretrained_cfg`` gives preprocessing and labels)."""
-    _check_model_name(model, weights)
     net = create_model(model, weights=weights, pretrained=weights is None, device=device)
     return fuse(net, cls_only=True, inplace=True)
 
 
 def _report(
-    res: dict[str, Any],
+    res: EvalResult,
     classes: list[str],
     data: str,
     name: str,
@@ -135,37 +135,37 @@ def _report(
     """What ``--output`` writes and ``--json`` prints: ``evaluate``'s numbers under the data's class names.
 
     ``class_mapping``: how the data's classes met the model's (``labels``, ``index``, ``synset``, ``sorted``,
-    ``digits``; see :func:`cvt.data.datasets.map_eval_classes`).
+    ``digits``; see :func:`cvt.core.classes.map_eval_classes`).
     """
-    present = [i for i, acc in enumerate(res["per_class"]) if acc is not None]
+    present = [i for i, acc in enumerate(res.per_class) if acc is not None]
     return {
         "data": str(data),
         "model": name,
         "weights": str(weights) if weights else None,
         "class_mapping": class_mapping,
         "preprocess": pre.to_dict(),
-        "n": res["n"],
-        "top1": res["top1"],
-        "top5": res["top5"],
-        "loss": res["loss"],
-        "images_per_s": res["images_per_s"],
-        "per_class": {classes[i]: res["per_class"][i] for i in present},
-        "skipped": res["skipped"],
-        "skipped_files": res["skipped_files"],
-        "confusion": res["confusion"] if len(res["per_class"]) <= 100 else None,
+        "n": res.n,
+        "top1": res.top1,
+        "top5": res.top5,
+        "loss": res.loss,
+        "images_per_s": res.images_per_s,
+        "per_class": {classes[i]: res.per_class[i] for i in present},
+        "skipped": res.skipped,
+        "skipped_files": res.skipped_files,
+        "confusion": res.confusion if len(res.per_class) <= 100 else None,
     }
 
 
-def _draw_confusion(res: dict[str, Any], classes: list[str], report: dict[str, Any], png: str) -> CvtError | None:
+def _draw_confusion(res: EvalResult, classes: list[str], report: dict[str, Any], png: str) -> CvtError | None:
     """Draw the picture; return (not raise) its failure as one-line error, so the caller can print the numbers
-    first. ``res["confusion"]``: K x K counts (rows: true class)."""
+    first. ``res.confusion``: K x K counts (rows: true class)."""
     from ..train.plots import confusion_matrix  # NOTE matplotlib (the train extra) only when a picture is asked for
 
-    present = [i for i, acc in enumerate(res["per_class"]) if acc is not None]
-    cm = res["confusion"]
+    present = [i for i, acc in enumerate(res.per_class) if acc is not None]
+    cm = res.confusion
     if len(cm) > len(present):  # only the classes the data has, so the picture stays readable
         cm = [[cm[i][j] for j in present] for i in present]
-    title = f"{report['model']} on {Path(report['data']).name}: top-1 {100 * res['top1']:.2f}%"
+    title = f"{report['model']} on {Path(report['data']).name}: top-1 {100 * res.top1:.2f}%"
     try:
         confusion_matrix(cm, [classes[i] for i in present], png, title=title)
     except CvtError as e:  # a write error: already one line naming the file

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Annotated
 
 from ..core.errors import UsageError
+from ..core.export import check_atol
 from ..core.files import check_writable, check_writable_dir
-from ..torch.export import FORMATS, SUFFIX, check_atol, export_model
+from ..core.presets import DEFAULT_MODEL
+from ..torch.export import FORMATS, SUFFIX, export_model
 from ..torch.factory import create_model
 from ._signature import Arg, default_of
 
 KERAS_FORMATS = {"saved-model": "", "litert": ".tflite"}  # through cvt.keras on the TensorFlow backend
-DEFAULT_MODEL = "cvt-13"  # what is exported (randomly initialised) when neither --model nor --weights is given
 
 
 def run_export(

@@ -3,33 +3,34 @@
 A model is a tuple of :class:`StageConfig` (one per stage) plus a few global fields in :class:`CvTConfig`.
 Both are frozen dataclasses: build variants with :func:`dataclasses.replace` or :meth:`CvTConfig.replace`.
 
-Two foreign spellings are understood:
+Written here once and read by every front-end (PyTorch, Keras, Flax), the MAC counter and the attention maps:
 
-* the official yaml ``MODEL.SPEC`` dict (upper-case keys, one list per field; also what the TensorFlow
-  port's ``spec=`` takes): :meth:`CvTConfig.from_official_spec` / :meth:`CvTConfig.to_official_spec`;
-* the HF transformers ``config.json`` of ``CvtForImageClassification``: :meth:`CvTConfig.from_hf_config` /
-  :meth:`CvTConfig.to_hf_config`.
+* validation, with the shared choices :data:`ACTIVATIONS` and :data:`PROJ_METHODS` (:func:`check_activation`,
+  :func:`check_proj_method`, :func:`head_width` are also what the front-ends' modules check);
+* geometry (:func:`conv_out`, :meth:`StageConfig.kv_shape`, :meth:`CvTConfig.feature_shapes`);
+* the module arguments of a stage's blocks (:func:`block_args`, :func:`attention_args`).
 
-Geometry is written here once (:func:`conv_out`, :meth:`StageConfig.kv_shape`, :meth:`CvTConfig.feature_shapes`)
-and read by the models of every framework, the MAC counter and the attention maps.
+The native spelling is :meth:`CvTConfig.to_dict` / JSON. Foreign spellings (the official ``MODEL.SPEC``, HF's
+``config.json``) live in :mod:`cvt.core.spellings`; ``CvTConfig.from_official_spec`` and friends delegate there.
 
-Framework-free: imports nothing but :mod:`.errors`.
+Framework-free: imports nothing but :mod:`.errors` and :mod:`.labels`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .labels import LabelSet
 
-ACTIVATIONS = ("quick_gelu", "gelu")
-PROJ_METHODS = ("dw_bn", "avg", "linear")
+ACTIVATIONS = ("quick_gelu", "gelu")  # quick_gelu: what the released weights were trained with; gelu: exact erf (HF)
+QUICK_GELU_ALPHA = 1.702  # quick_gelu(x) = x * sigmoid(1.702 x)
+PROJ_METHODS = ("dw_bn", "avg", "linear")  # depthwise conv + BatchNorm | average pooling (ceil mode) | identity
 INITS = ("trunc_norm", "xavier")
 
 
@@ -111,7 +112,7 @@ class CvTConfig:
             raise ConfigError("stages: a CvT needs at least one stage")
         _check(self.num_classes >= 0, "num_classes", f"must be >= 0, got {self.num_classes}")
         _check(self.in_chans >= 1, "in_chans", f"must be >= 1, got {self.in_chans}")
-        _check(self.activation in ACTIVATIONS, "activation", f"{self.activation!r} is not one of {ACTIVATIONS}")
+        check_activation(self.activation)
         _check(self.init in INITS, "init", f"{self.init!r} is not one of {INITS}")
         _check(self.layer_norm_eps > 0, "layer_norm_eps", "must be > 0")
         _check(self.img_size >= 1, "img_size", f"must be >= 1, got {self.img_size}")
@@ -124,20 +125,11 @@ class CvTConfig:
                 _check(getattr(s, name) >= 1, p + name, f"must be >= 1, got {getattr(s, name)}")
             for name in ("patch_padding", "padding_q", "padding_kv"):
                 _check(getattr(s, name) >= 0, p + name, f"must be >= 0, got {getattr(s, name)}")
-            _check(
-                s.embed_dim % s.num_heads == 0,
-                p + "num_heads",
-                f"{s.num_heads} heads do not divide embed_dim {s.embed_dim}",
-            )
+            head_width(s.embed_dim, s.num_heads, p + "num_heads")
             _check(s.mlp_ratio > 0, p + "mlp_ratio", f"must be > 0, got {s.mlp_ratio}")
-            _check(
-                s.qkv_proj_method in PROJ_METHODS,
-                p + "qkv_proj_method",
-                f"{s.qkv_proj_method!r} is not one of {PROJ_METHODS}",
-            )
+            check_proj_method(s.qkv_proj_method, p + "qkv_proj_method")
             if s.qkv_proj_method == "avg":  # nn.AvgPool2d refuses padding above half the kernel
-                for name in ("padding_kv",):
-                    _check(getattr(s, name) <= s.kernel_qkv // 2, p + name, "must be <= kernel_qkv // 2 with 'avg'")
+                _check(s.padding_kv <= s.kernel_qkv // 2, p + "padding_kv", "must be <= kernel_qkv // 2 with 'avg'")
             for name in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
                 value = getattr(s, name)
                 _check(0.0 <= value < 1.0, p + name, f"must be in [0, 1), got {value}")
@@ -176,7 +168,13 @@ class CvTConfig:
 
     @property
     def num_features(self) -> int:
+        """Width of the last stage's tokens (what the head reads)."""
         return self.stages[-1].embed_dim
+
+    @property
+    def has_cls_token(self) -> bool:
+        """Whether the last stage has a cls token (the head then reads it; else the mean of the tokens)."""
+        return self.stages[-1].cls_token
 
     @property
     def reductions(self) -> list[int]:
@@ -203,13 +201,13 @@ class CvTConfig:
         stages = d.pop("stages", None)
         if not isinstance(stages, Sequence) or isinstance(stages, (str, bytes)):
             raise ConfigError("stages: expected a list of per-stage mappings")
-        _reject_unknown(d, {f.name for f in dataclasses.fields(cls)} - {"stages"}, "")
+        reject_unknown(d, {f.name for f in dataclasses.fields(cls)} - {"stages"}, "")
         stage_fields = {f.name for f in dataclasses.fields(StageConfig)}
         parsed = []
         for i, s in enumerate(stages):
             if not isinstance(s, Mapping):
                 raise ConfigError(f"stages[{i}]: expected a mapping, got {type(s).__name__}")
-            _reject_unknown(s, stage_fields, f"stages[{i}].")
+            reject_unknown(s, stage_fields, f"stages[{i}].")
             try:
                 parsed.append(StageConfig(**s))
             except TypeError as e:  # a required field is missing
@@ -228,144 +226,33 @@ class CvTConfig:
         text = p.read_text() if not str(text_or_path).lstrip().startswith("{") else str(text_or_path)
         return cls.from_dict(json.loads(text))
 
-    # ------------------------------------------------------------------ official / TF-port SPEC
+    # ------------------------------------------------------------------ foreign spellings (cvt.core.spellings)
+    # NOTE: imported at call time: cvt.core.spellings builds CvTConfigs, so it imports this module.
     @classmethod
     def from_official_spec(cls, spec: Mapping[str, Any], **overrides: Any) -> CvTConfig:
-        """Build from the official yaml ``MODEL.SPEC`` dict (``NUM_STAGES``, ``DIM_EMBED``, ``DEPTH``, ...).
+        """Build from the official yaml ``MODEL.SPEC`` dict: :func:`cvt.core.spellings.from_official_spec`."""
+        from .spellings import from_official_spec
 
-        Unknown keys are rejected; lists must have ``NUM_STAGES`` entries; ``POS_EMBED`` must be all false
-        (no released model uses one and this library has none).
-        """
-        spec = {str(k).upper(): v for k, v in spec.items()}
-        known = set(_OFFICIAL_KEYS) | {"NUM_STAGES", "INIT", "POS_EMBED"}
-        _reject_unknown(spec, known, "SPEC.")
-        n = spec.get("NUM_STAGES", len(spec.get("DEPTH", ())))
-        if not isinstance(n, int) or n < 1:
-            raise ConfigError(f"SPEC.NUM_STAGES: must be a positive integer, got {n!r}")
-        if any(_as_list(spec.get("POS_EMBED", [False] * n), "SPEC.POS_EMBED", n)):
-            raise ConfigError("SPEC.POS_EMBED: positional embeddings are not supported (no released CvT uses them)")
-        per_stage: list[dict[str, Any]] = [{} for _ in range(n)]
-        for key, attr in _OFFICIAL_KEYS.items():
-            if key not in spec:
-                continue
-            for i, v in enumerate(_as_list(spec[key], f"SPEC.{key}", n)):
-                per_stage[i][attr] = v
-        for i, s in enumerate(per_stage):
-            for req in ("embed_dim", "depth", "num_heads"):
-                if req not in s:
-                    raise ConfigError(f"SPEC: missing {_ATTR_TO_OFFICIAL[req]} (needed for stage {i})")
-        kwargs: dict[str, Any] = {"init": str(spec.get("INIT", "trunc_norm"))}
-        kwargs.update(overrides)
-        return cls(stages=tuple(StageConfig(**s) for s in per_stage), **kwargs)
+        return from_official_spec(spec, **overrides)
 
     def to_official_spec(self) -> dict[str, Any]:
-        spec: dict[str, Any] = {"INIT": self.init, "NUM_STAGES": len(self.stages)}
-        for key, attr in _OFFICIAL_KEYS.items():
-            spec[key] = [getattr(s, attr) for s in self.stages]
-        spec["POS_EMBED"] = [False] * len(self.stages)
-        return spec
+        """The official ``MODEL.SPEC`` dict: :func:`cvt.core.spellings.to_official_spec`."""
+        from .spellings import to_official_spec
 
-    # ------------------------------------------------------------------ HF transformers config.json
+        return to_official_spec(self)
+
     @classmethod
     def from_hf_config(cls, hf: Mapping[str, Any], **overrides: Any) -> CvTConfig:
-        """Build from an HF ``CvtConfig`` dict (``config.json``); activation defaults to HF's exact GELU.
+        """Build from an HF ``config.json`` dict (exact GELU): :func:`cvt.core.spellings.from_hf_config`."""
+        from .spellings import from_hf_config
 
-        The class names (``id2label``) are not architecture: :func:`hf_labels` reads them.
-        """
-        if hf.get("model_type", "cvt") != "cvt":
-            raise ConfigError(f"model_type: expected 'cvt', got {hf.get('model_type')!r}")
-        depth = hf.get("depth", (1, 2, 10))
-        n = len(depth) if isinstance(depth, Sequence) else 0
-        if n < 1:
-            raise ConfigError(f"depth: expected a list, got {depth!r}")
-        hf_defaults = {  # HF's own defaults for fields a config.json may omit
-            "patch_sizes": (7, 3, 3), "patch_stride": (4, 2, 2), "patch_padding": (2, 1, 1),
-            "embed_dim": (64, 192, 384), "num_heads": (1, 3, 6), "mlp_ratio": (4.0,) * 3,
-            "attention_drop_rate": (0.0,) * 3, "drop_rate": (0.0,) * 3, "drop_path_rate": (0.0, 0.0, 0.1),
-            "qkv_bias": (True,) * 3, "cls_token": (False, False, True), "qkv_projection_method": ("dw_bn",) * 3,
-            "kernel_qkv": (3,) * 3, "padding_kv": (1,) * 3, "stride_kv": (2,) * 3, "padding_q": (1,) * 3,
-            "stride_q": (1,) * 3,
-        }  # fmt: skip
-        per_stage: list[dict[str, Any]] = [{} for _ in range(n)]
-        for key, attr in _HF_KEYS.items():
-            for i, v in enumerate(_as_list(hf.get(key, hf_defaults.get(key)), key, n)):
-                per_stage[i][attr] = v
-        kwargs: dict[str, Any] = {"activation": "gelu", "in_chans": int(hf.get("num_channels", 3))}
-        id2label = hf.get("id2label")
-        if id2label:
-            kwargs["num_classes"] = len(id2label)
-        elif "num_labels" in hf:
-            kwargs["num_classes"] = int(hf["num_labels"])
-        kwargs.update(overrides)
-        return cls(stages=tuple(StageConfig(**s) for s in per_stage), **kwargs)
+        return from_hf_config(hf, **overrides)
 
     def to_hf_config(self, labels: Sequence[str] | None = None) -> dict[str, Any]:
-        """An HF ``config.json`` dict that ``transformers.CvtForImageClassification.from_pretrained`` accepts.
+        """An HF ``config.json`` dict: :func:`cvt.core.spellings.to_hf_config`."""
+        from .spellings import to_hf_config
 
-        Note HF always runs exact GELU: a ``quick_gelu`` model saved this way gives slightly different
-        logits in transformers (the released checkpoints on the hub have the same caveat).
-        """
-        labels = list(labels or [])
-        if len(labels) != self.num_classes:
-            labels = [f"LABEL_{i}" for i in range(self.num_classes)]
-        d: dict[str, Any] = {
-            "architectures": ["CvtForImageClassification"],
-            "model_type": "cvt",
-            "num_channels": self.in_chans,
-        }
-        for key, attr in _HF_KEYS.items():
-            d[key] = [getattr(s, attr) for s in self.stages]
-        d["initializer_range"] = 0.02
-        d["layer_norm_eps"] = 1e-12  # unused by HF's model (its LayerNorms keep eps=1e-5), kept for fidelity
-        d["id2label"] = {str(i): name for i, name in enumerate(labels)}
-        d["label2id"] = {name: i for i, name in enumerate(labels)}
-        return d
-
-
-# official SPEC key -> StageConfig attribute
-_OFFICIAL_KEYS = {
-    "PATCH_SIZE": "patch_size",
-    "PATCH_STRIDE": "patch_stride",
-    "PATCH_PADDING": "patch_padding",
-    "DIM_EMBED": "embed_dim",
-    "NUM_HEADS": "num_heads",
-    "DEPTH": "depth",
-    "MLP_RATIO": "mlp_ratio",
-    "ATTN_DROP_RATE": "attn_drop_rate",
-    "DROP_RATE": "drop_rate",
-    "DROP_PATH_RATE": "drop_path_rate",
-    "QKV_BIAS": "qkv_bias",
-    "CLS_TOKEN": "cls_token",
-    "QKV_PROJ_METHOD": "qkv_proj_method",
-    "KERNEL_QKV": "kernel_qkv",
-    "PADDING_KV": "padding_kv",
-    "STRIDE_KV": "stride_kv",
-    "PADDING_Q": "padding_q",
-    "STRIDE_Q": "stride_q",
-}
-_ATTR_TO_OFFICIAL = {v: k for k, v in _OFFICIAL_KEYS.items()}
-
-# HF CvtConfig field -> StageConfig attribute
-_HF_KEYS = {
-    "patch_sizes": "patch_size",
-    "patch_stride": "patch_stride",
-    "patch_padding": "patch_padding",
-    "embed_dim": "embed_dim",
-    "num_heads": "num_heads",
-    "depth": "depth",
-    "mlp_ratio": "mlp_ratio",
-    "attention_drop_rate": "attn_drop_rate",
-    "drop_rate": "drop_rate",
-    "drop_path_rate": "drop_path_rate",
-    "qkv_bias": "qkv_bias",
-    "cls_token": "cls_token",
-    "qkv_projection_method": "qkv_proj_method",
-    "kernel_qkv": "kernel_qkv",
-    "padding_kv": "padding_kv",
-    "stride_kv": "stride_kv",
-    "padding_q": "padding_q",
-    "stride_q": "stride_q",
-}
+        return to_hf_config(self, labels)
 
 
 def feature_indices(n: int, indices: int | Sequence[int] | None) -> list[int]:
@@ -393,28 +280,33 @@ def feature_indices(n: int, indices: int | Sequence[int] | None) -> list[int]:
 def hf_labels(hf: Mapping[str, Any]) -> tuple[str, ...] | None:
     """The class names of an HF ``config.json`` (``id2label`` in index order); ``None`` without real names.
 
-    HF fills ``id2label`` with ``LABEL_<i>`` placeholders when a model has no names: those do not count.
+    HF fills ``id2label`` with ``LABEL_<i>`` placeholders when a model has no names: those do not count
+    (the placeholder rule: :mod:`cvt.core.labels`).
     """
     id2label = hf.get("id2label") or {}
     try:
         names = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
     except (TypeError, ValueError):
         raise ConfigError("id2label: keys must be class indices") from None
-    if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+    if not names or LabelSet(names).placeholder:
         return None
     return names
 
 
-def conv_out(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool = False) -> int:
-    """Output length of a convolution / pooling along one axis (PyTorch semantics)."""
-    n = size + 2 * padding - kernel
-    if ceil_mode:
-        out = math.ceil(n / stride) + 1
-        # PyTorch drops a last window that would start inside the right padding only
-        if (out - 1) * stride >= size + padding:
-            out -= 1
-        return out
-    return n // stride + 1
+def conv_out(size: Any, kernel: int, stride: int, padding: int, ceil_mode: bool = False) -> Any:
+    """Output length of a convolution / pooling along one axis (PyTorch semantics).
+
+    No branch and no comparison on ``size``, so it may also be a traced or symbolic scalar: Keras sizes the
+    ``avg`` projection with this on maps whose size is known only at run time.
+    """
+    if not ceil_mode:
+        return (size + 2 * padding - kernel) // stride + 1
+    # Ceil mode counts a last partial window: ceil((size + 2p - k) / s) + 1 windows. But PyTorch drops a last window
+    # that would start inside the right padding (windows start at i*s - p; kept while i*s < size + p). The two
+    # bounds differ by the constant s + p - k, so which one holds depends on the kernel, stride and padding alone.
+    if stride + padding <= kernel:
+        return (size + 2 * padding - kernel + stride - 1) // stride + 1
+    return (size + padding - 1) // stride + 1
 
 
 def depthwise_taps(kernel: int, stride: int) -> list[tuple[int, int, tuple[slice, slice]]]:
@@ -431,20 +323,68 @@ def depthwise_taps(kernel: int, stride: int) -> list[tuple[int, int, tuple[slice
     return [(i, j, (axis(i), axis(j))) for i in range(kernel) for j in range(kernel)]
 
 
+# ---------------------------------------------------------------------------- shared by every front-end's modules
+def check_activation(name: str, field: str = "activation") -> str:
+    """``name`` when it is one of :data:`ACTIVATIONS`; else a :class:`ConfigError` naming ``field``."""
+    _check(name in ACTIVATIONS, field, f"{name!r} is not one of {ACTIVATIONS}")
+    return name
+
+
+def check_proj_method(method: str, field: str = "qkv_proj_method") -> str:
+    """``method`` when it is one of :data:`PROJ_METHODS`; else a :class:`ConfigError` naming ``field``."""
+    _check(method in PROJ_METHODS, field, f"{method!r} is not one of {PROJ_METHODS}")
+    return method
+
+
+def head_width(dim: int, num_heads: int, field: str = "num_heads") -> int:
+    """Each head's width ``dim // num_heads``; a :class:`ConfigError` naming ``field`` when the heads do not
+    divide ``dim``."""
+    _check(dim % num_heads == 0, field, f"{num_heads} heads do not divide embed_dim {dim}")
+    return dim // num_heads
+
+
+def attention_args(stage: StageConfig) -> dict[str, Any]:
+    """The ``Attention`` keyword arguments of a block of ``stage``, besides ``dim``, ``num_heads`` and
+    ``proj_drop`` (which a ``Block`` passes from its own): the same names in every front-end."""
+    return {
+        "qkv_bias": stage.qkv_bias,
+        "attn_drop": stage.attn_drop_rate,
+        "q_method": stage.q_method,  # avg pools keys and values only
+        "kv_method": stage.qkv_proj_method,
+        "kernel_size": stage.kernel_qkv,
+        "stride_q": stage.stride_q,
+        "stride_kv": stage.stride_kv,
+        "padding_q": stage.padding_q,
+        "padding_kv": stage.padding_kv,
+        "with_cls_token": stage.cls_token,
+    }
+
+
+def block_args(stage: StageConfig, drop_path_rate: float, activation: str, eps: float) -> dict[str, Any]:
+    """The keyword arguments of one ``Block`` of ``stage`` in every front-end: ``Block(**block_args(...))``.
+
+    ``drop_path_rate``: this block's stochastic depth (:meth:`StageConfig.drop_path_rates`); ``activation`` and
+    ``eps``: the model's (:class:`CvTConfig`). The rest is :func:`attention_args`.
+    """
+    return {
+        "dim": stage.embed_dim,
+        "num_heads": stage.num_heads,
+        "mlp_ratio": stage.mlp_ratio,
+        "drop_path_rate": drop_path_rate,
+        "drop": stage.drop_rate,  # after the attention's projection and in the MLP
+        "activation": activation,
+        "eps": eps,
+        **attention_args(stage),
+    }
+
+
 def _check(ok: bool, name: str, problem: str) -> None:
     if not ok:
         raise ConfigError(f"{name}: {problem}")
 
 
-def _as_list(value: Any, name: str, n: int) -> list[Any]:
-    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
-        raise ConfigError(f"{name}: expected a list of {n} per-stage values, got {value!r}")
-    if len(value) != n:
-        raise ConfigError(f"{name}: expected {n} per-stage values, got {len(value)} ({list(value)!r})")
-    return list(value)
-
-
-def _reject_unknown(d: Mapping[str, Any], known: set[str], prefix: str) -> None:
+def reject_unknown(d: Mapping[str, Any], known: set[str], prefix: str) -> None:
+    """A :class:`ConfigError` naming the first key of ``d`` that is not in ``known`` (and the valid ones)."""
     unknown = sorted(set(d) - known)
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown field (valid: {', '.join(sorted(known))})")

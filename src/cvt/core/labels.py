@@ -1,29 +1,49 @@
-"""Class names: the ImageNet-1k list shipped in the package, HF ``id2label``, or a user's label file.
+"""Class names: the typed :class:`LabelSet`, the one placeholder rule, and the names a model shows. No framework.
 
-``imagenet_1k.txt`` holds one ``wnid<TAB>names`` line per class, in class-index order (the WordNet lemmas
-every ImageNet-1k model uses, e.g. ``n02123045	tabby, tabby cat`` for class 281). It is read on first use;
-nothing is downloaded.
+A :class:`LabelSet` holds a model's class names in class-index order and, for a named set, that name. Every
+released checkpoint carries ``"imagenet-1k"``: the list shipped in the package (``imagenet_1k.txt``, one
+``wnid<TAB>names`` line per class, e.g. ``n02123045	tabby, tabby cat`` for class 281; read on first use, nothing is
+downloaded). Files store a named set by its name and any other set as its list of names (:meth:`LabelSet.to_json`,
+:meth:`LabelSet.parse`), so spec JSON reads ``"labels": "imagenet-1k"`` or ``"labels": ["cat", "dog"]``.
 
-Precedence (:func:`resolve_labels`): a user label file, then the model's own names (HF ``id2label`` or a
-cvt-torch file's labels; HF's placeholder ``LABEL_<i>`` names do not count), then ImageNet-1k for a
-1000-class head, then ``class_<i>``.
+**The placeholder rule** (written here only): a name is a *placeholder* when it is ``LABEL_<i>`` (HF's default
+``id2label``) or ``class_<i>`` (what cvt shows for a class without a name) at its own index ``i``. A set of
+placeholders only (:attr:`LabelSet.placeholder`) names nothing: HF's ``config.json`` reader drops it
+(:func:`cvt.core.config.hf_labels`) and :func:`resolve_labels` shows the fallback. Evaluation asks one thing more
+(:attr:`LabelSet.index_only`): names that all restate their index, placeholders or the bare ``"<i>"`` (the digits
+model's ``"0".."9"``), cannot tell classes apart by meaning, so they are never the reason to refuse a folder.
+
+Precedence of the names shown (:func:`resolve_labels`): a user label file, then the model's own names (unless
+placeholders), then ImageNet-1k for a 1000-class head, then ``class_<i>``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-from collections.abc import Sequence
-from functools import lru_cache
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any, overload
 
-from .errors import LabelError
-from .spec import IMAGENET_1K
+from .errors import ConfigError, DataError, LabelError
 
+IMAGENET_1K = "imagenet-1k"  # the label set of every released checkpoint
 IMAGENET_1K_FILE = "imagenet_1k.txt"
-_PLACEHOLDER = re.compile(r"^LABEL_\d+$")
+PLACEHOLDER = "class_{}"  # what cvt shows for class i when the model has no name for it
+HF_PLACEHOLDER = "LABEL_{}"  # what transformers writes into id2label for a model without names
+
+
+def placeholders(num_classes: int, template: str = PLACEHOLDER) -> list[str]:
+    """``num_classes`` placeholder names: ``class_0, class_1, ...`` (``template=HF_PLACEHOLDER``: ``LABEL_<i>``)."""
+    return [template.format(i) for i in range(num_classes)]
+
+
+def is_placeholder(name: str, index: int) -> bool:
+    """The placeholder rule: ``LABEL_<index>`` or ``class_<index>``, a name that only restates its own index."""
+    return name in (PLACEHOLDER.format(index), HF_PLACEHOLDER.format(index))
 
 
 @lru_cache(maxsize=1)
@@ -43,6 +63,137 @@ def imagenet_labels() -> list[str]:
 def imagenet_wnids() -> list[str]:
     """The 1000 WordNet ids (``"n01440764"``, ...) in class-index order."""
     return [wnid for wnid, _ in _imagenet_rows()]
+
+
+_NAMED_SETS = {IMAGENET_1K: imagenet_labels}  # name -> its names in class-index order
+
+
+@dataclass(frozen=True)
+class LabelSet(Sequence[str]):
+    """Class names in class-index order: ``names[i]`` names output ``i``; ``len(labels)`` is the class count.
+
+    ``source``: the named set these names are (``"imagenet-1k"``; files then store that name), or ``""`` when
+    files store the names themselves. Build one with :meth:`parse` (a list, a tuple or a set's name) or
+    :meth:`named`; it is a read-only sequence of its names.
+    """
+
+    names: tuple[str, ...]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(str(name) for name in self.names))
+        if self.source:  # files store only the set's name: the names must be that set's
+            _check_known(self.source)
+            if self.names != tuple(_NAMED_SETS[self.source]()):
+                raise ConfigError(f"labels: these {len(self.names)} names are not the set {self.source!r}")
+
+    @classmethod
+    def named(cls, name: str) -> LabelSet:
+        """A known named set (``"imagenet-1k"``), its names expanded. Raises :class:`ConfigError` for another."""
+        _check_known(name)
+        return _named(name)
+
+    @classmethod
+    def parse(cls, value: LabelSet | Iterable[str] | str | None) -> LabelSet | None:
+        """What files and callers give as labels -> a :class:`LabelSet`; ``None`` or ``[]`` (no names) -> ``None``.
+
+        ``value``: a :class:`LabelSet`, a list or tuple of names (JSON's list), or a named set's name. The one
+        place that tells these apart. Raises :class:`ConfigError` for an unknown set name or another type.
+        """
+        if value is None or isinstance(value, LabelSet):
+            return value
+        if isinstance(value, str):
+            return cls.named(value)
+        if isinstance(value, (bytes, dict)) or not isinstance(value, Iterable):
+            raise ConfigError(f"labels: expected a list of class names or {IMAGENET_1K!r}, got {value!r}")
+        names = tuple(value)
+        return cls(names) if names else None
+
+    def to_json(self) -> list[str] | str:
+        """What files store (the inverse of :meth:`parse`): the set's name, or the list of names."""
+        return self.source or list(self.names)
+
+    @property
+    def inline(self) -> bool:
+        """True when files store the names themselves (no named set stands for them)."""
+        return not self.source
+
+    @property
+    def placeholder(self) -> bool:
+        """Every name is a placeholder (``LABEL_<i>`` / ``class_<i>`` at its index): the set names nothing."""
+        return all(is_placeholder(name, i) for i, name in enumerate(self.names))
+
+    @property
+    def index_only(self) -> bool:
+        """Every name restates its index: a placeholder or the bare index (``"3"`` at 3). No meaning to match by."""
+        return all(name == str(i) or is_placeholder(name, i) for i, name in enumerate(self.names))
+
+    def for_head(self, num_classes: int) -> LabelSet | None:
+        """This set for a head of ``num_classes`` outputs: names of another length describe none of them -> ``None``."""
+        return self if len(self.names) == num_classes else None
+
+    def lookup(self, names: Iterable[str], what: str = "class folders") -> dict[str, int] | None:
+        """Map folder (or list) names to class indices by name: ``{name: index}`` when every name is one of
+        this set's (any subset, any order), else ``None``.
+
+        Raises :class:`DataError` for a name that more than one class carries (two ImageNet classes are both
+        ``"crane"``): no by-name answer exists then. ``what``: the noun messages use.
+        """
+        names = list(names)
+        where: dict[str, list[int]] = {}
+        for i, label in enumerate(self.names):
+            where.setdefault(label, []).append(i)
+        if not all(name in where for name in names):
+            return None
+        for name in names:
+            if len(where[name]) > 1:
+                raise DataError(
+                    f"{what}: {name!r} names more than one of the model's classes "
+                    f"({', '.join(map(str, where[name]))}); name them by class index or ImageNet synset id instead"
+                )
+        return {name: where[name][0] for name in names}
+
+    # the read-only sequence of names
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[str, ...]: ...
+    def __getitem__(self, index: int | slice) -> str | tuple[str, ...]:
+        return self.names[index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __repr__(self) -> str:  # 1000 ImageNet names would fill a screen
+        if self.source:
+            return f"LabelSet.named({self.source!r})"
+        if len(self.names) <= 10:
+            return f"LabelSet(names={self.names!r})"
+        return f"<LabelSet of {len(self.names)} names: {', '.join(map(repr, self.names[:5]))}, ...>"
+
+
+def _check_known(name: str) -> None:
+    if name not in _NAMED_SETS:
+        raise ConfigError(f"labels: unknown label set {name!r} (known: {', '.join(_NAMED_SETS)})")
+
+
+@cache
+def _named(name: str) -> LabelSet:
+    return LabelSet(tuple(_NAMED_SETS[name]()), source=name)
+
+
+def shown_names(labels: LabelSet | None, num_classes: int) -> list[str]:
+    """The names to show for ``num_classes`` outputs: the model's own (when they fit the head and are not
+    placeholders), else ImageNet-1k's for 1000 classes, else ``class_<i>``."""
+    fitting = labels.for_head(num_classes) if labels is not None else None
+    if fitting is not None and not fitting.placeholder:
+        return list(fitting.names)
+    if num_classes == 1000:
+        return imagenet_labels()
+    return placeholders(num_classes)
 
 
 def load_label_file(path: str | os.PathLike[str]) -> list[str]:
@@ -75,7 +226,7 @@ def load_label_file(path: str | os.PathLike[str]) -> list[str]:
     return labels
 
 
-def _labels_from_json(data: object, path: Path) -> list[str]:
+def _labels_from_json(data: Any, path: Path) -> list[str]:
     if isinstance(data, dict) and "id2label" in data:
         data = data["id2label"]
     if isinstance(data, list) and all(isinstance(x, str) for x in data):
@@ -93,13 +244,14 @@ def _labels_from_json(data: object, path: Path) -> list[str]:
 
 def resolve_labels(
     num_classes: int,
-    model_labels: Sequence[str] | str | None = None,
+    model_labels: LabelSet | Sequence[str] | str | None = None,
     label_file: str | os.PathLike[str] | Sequence[str] | None = None,
 ) -> list[str]:
     """Names for ``num_classes`` outputs (see the module docstring for the precedence).
 
-    ``model_labels``: the weights' own names (``PretrainedSpec.labels``: names or ``"imagenet-1k"``).
-    ``label_file`` may also be a list of names. A user list of the wrong length raises :class:`LabelError`.
+    ``model_labels``: the weights' own names (``PretrainedSpec.labels``; a list of names or ``"imagenet-1k"``
+    also do). ``label_file`` may also be a list of names. A user list of the wrong length raises
+    :class:`LabelError`.
     """
     if label_file is not None:
         if isinstance(label_file, (str, os.PathLike)):
@@ -109,15 +261,4 @@ def resolve_labels(
         if len(labels) != num_classes:
             raise LabelError(f"{source}: has {len(labels)} labels but the model has {num_classes} classes")
         return labels
-    if model_labels == IMAGENET_1K and num_classes == 1000:
-        return imagenet_labels()
-    if (
-        model_labels
-        and not isinstance(model_labels, str)
-        and len(model_labels) == num_classes
-        and not all(_PLACEHOLDER.match(x) for x in model_labels)
-    ):
-        return list(model_labels)
-    if num_classes == 1000:
-        return imagenet_labels()
-    return [f"class_{i}" for i in range(num_classes)]
+    return shown_names(LabelSet.parse(model_labels), num_classes)

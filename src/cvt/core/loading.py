@@ -60,8 +60,9 @@ class FitReport:
         return next((items[0] for _, items in self._kinds() if items), "")
 
     def short(self) -> str:
-        """Counts and the first problem: what one error line can hold."""
-        return f"{self.counts()} (first: {self.first()})" if not self.ok else "all tensors matched"
+        """Each kind's count and first name: what one error line can hold."""
+        parts = [f"{len(items)} {label} (first: {items[0]})" for label, items in self._kinds() if items]
+        return "; ".join(parts) or "all tensors matched"
 
     def __str__(self) -> str:
         lines = []

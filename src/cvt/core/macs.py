@@ -70,7 +70,10 @@ def count_macs(config: CvTConfig, height: int | None = None, width: int | None =
 
 
 def count_params(config: CvTConfig) -> int:
-    """Trainable parameters (BatchNorm running statistics excluded), computed from the config alone."""
+    """Trainable parameters (BatchNorm running statistics excluded), computed from the config alone.
+
+    For a built module (any ``nn.Module``): :func:`cvt.count_parameters`; the two agree on every CvT.
+    """
     total, c_in = 0, config.in_chans
     for s in config.stages:
         c = s.embed_dim

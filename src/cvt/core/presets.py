@@ -19,6 +19,7 @@ from .errors import UnknownModelError, WeightsError
 from .spec import IMAGENET_1K, EvalPreprocess, PretrainedSpec
 
 LICENSE = "MIT (official weights); Apache-2.0 (HF hub copies)"
+DEFAULT_MODEL = "cvt-13"  # what `cvt predict` / `cvt export` (and Predictor()) use when given no model and no weights
 
 
 def _official(
@@ -88,20 +89,21 @@ class Checkpoint:
         )
 
 
-def _ckpt(name: str, arch: str, size: int, pretrain: str, official: str, top1: float) -> Checkpoint:
-    return Checkpoint(name, arch, size, pretrain, f"microsoft/{name}", official, top1, 0.875 if size < 384 else 1.0)
+def _released(name: str, arch: str, size: int, pretrain: str, official: str, top1: float) -> Checkpoint:
+    crop_pct = EvalPreprocess.for_size(size).crop_pct  # the released checkpoints' rule
+    return Checkpoint(name, arch, size, pretrain, f"microsoft/{name}", official, top1, crop_pct)
 
 
 CHECKPOINTS: dict[str, Checkpoint] = {
     c.name: c
     for c in (
-        _ckpt("cvt-13", "cvt-13", 224, "in1k", "CvT-13-224x224-IN-1k.pth", 81.6),
-        _ckpt("cvt-13-384", "cvt-13", 384, "in1k", "CvT-13-384x384-IN-1k.pth", 83.0),
-        _ckpt("cvt-21", "cvt-21", 224, "in1k", "CvT-21-224x224-IN-1k.pth", 82.5),
-        _ckpt("cvt-21-384", "cvt-21", 384, "in1k", "CvT-21-384x384-IN-1k.pth", 83.3),
-        _ckpt("cvt-13-384-22k", "cvt-13", 384, "in22k-ft-in1k", "CvT-13-384x384-IN-22k.pth", 83.3),
-        _ckpt("cvt-21-384-22k", "cvt-21", 384, "in22k-ft-in1k", "CvT-21-384x384-IN-22k.pth", 84.9),
-        _ckpt("cvt-w24-384-22k", "cvt-w24", 384, "in22k-ft-in1k", "CvT-w24-384x384-IN-22k.pth", 87.7),
+        _released("cvt-13", "cvt-13", 224, "in1k", "CvT-13-224x224-IN-1k.pth", 81.6),
+        _released("cvt-13-384", "cvt-13", 384, "in1k", "CvT-13-384x384-IN-1k.pth", 83.0),
+        _released("cvt-21", "cvt-21", 224, "in1k", "CvT-21-224x224-IN-1k.pth", 82.5),
+        _released("cvt-21-384", "cvt-21", 384, "in1k", "CvT-21-384x384-IN-1k.pth", 83.3),
+        _released("cvt-13-384-22k", "cvt-13", 384, "in22k-ft-in1k", "CvT-13-384x384-IN-22k.pth", 83.3),
+        _released("cvt-21-384-22k", "cvt-21", 384, "in22k-ft-in1k", "CvT-21-384x384-IN-22k.pth", 84.9),
+        _released("cvt-w24-384-22k", "cvt-w24", 384, "in22k-ft-in1k", "CvT-w24-384x384-IN-22k.pth", 87.7),
     )
 }
 
@@ -121,8 +123,8 @@ def get_config(name: str) -> CvTConfig:
     """The architecture for an architecture or checkpoint name (checkpoint names set ``img_size``)."""
     key = name.lower()
     if key in CHECKPOINTS:
-        ckpt = CHECKPOINTS[key]
-        return ARCHITECTURES[ckpt.arch].replace(name=ckpt.name, img_size=ckpt.img_size)
+        released = CHECKPOINTS[key]
+        return ARCHITECTURES[released.arch].replace(name=released.name, img_size=released.img_size)
     if key in ARCHITECTURES:
         return ARCHITECTURES[key]
     raise UnknownModelError(f"unknown model {name!r}; known: {', '.join(list_models())}")
@@ -130,9 +132,9 @@ def get_config(name: str) -> CvTConfig:
 
 def default_spec(config: CvTConfig) -> PretrainedSpec:
     """The spec of a checkpoint name, else the released checkpoints' rule for the config's size."""
-    ckpt = get_checkpoint(config.name)
-    if ckpt is not None and ckpt.img_size == config.img_size:
-        return ckpt.spec
+    released = get_checkpoint(config.name)
+    if released is not None and released.img_size == config.img_size:
+        return released.spec
     return PretrainedSpec(preprocess=EvalPreprocess.for_size(config.img_size))
 
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .labels import IMAGENET_1K as IMAGENET_1K  # the label set of every released checkpoint (re-exported)
+from .labels import LabelSet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
-IMAGENET_1K = "imagenet-1k"  # the label set of every released checkpoint (resolved by cvt.core.labels)
 
 
 @dataclass(frozen=True)
@@ -101,27 +102,32 @@ class EvalPreprocess:
 class PretrainedSpec:
     """Everything about a set of weights that is not architecture.
 
-    ``labels``: the class names in index order, or the name of a known label set (``"imagenet-1k"``), or
-    ``None`` when the weights carry no names (then ``class_<i>`` is shown, or ImageNet for 1000 classes).
+    ``labels``: the weights' class names (:class:`~cvt.core.labels.LabelSet`: names in index order, or the named
+    set ``"imagenet-1k"``), or ``None`` when the weights carry none (then ``class_<i>`` is shown, or ImageNet for
+    1000 classes). A list or tuple of names, or a set's name, is accepted and made a :class:`LabelSet`.
     """
 
     preprocess: EvalPreprocess = EvalPreprocess()
-    labels: tuple[str, ...] | str | None = None
+    labels: LabelSet | None = None
     license: str = ""
     source: str = ""  # where the weights come from (a hub repo, a file, "cvt train")
 
     def __post_init__(self) -> None:
-        if self.labels is not None and not isinstance(self.labels, str):
-            object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
+        # names given as a list, a tuple or "imagenet-1k" (what files hold, what callers passed before LabelSet)
+        object.__setattr__(self, "labels", LabelSet.parse(self.labels))
 
     def replace(self, **changes: Any) -> PretrainedSpec:
         return dataclasses.replace(self, **changes)
 
+    def for_head(self, num_classes: int) -> PretrainedSpec:
+        """This spec for a model of ``num_classes`` outputs: names of another length describe none, so they go."""
+        labels = self.labels.for_head(num_classes) if self.labels is not None else None
+        return self if labels is self.labels else self.replace(labels=labels)
+
     def to_dict(self) -> dict[str, Any]:
-        labels = list(self.labels) if isinstance(self.labels, tuple) else self.labels
         return {
             "preprocess": self.preprocess.to_dict(),
-            "labels": labels,
+            "labels": self.labels.to_json() if self.labels is not None else None,
             "license": self.license,
             "source": self.source,
         }
@@ -131,7 +137,7 @@ class PretrainedSpec:
         pre = d.get("preprocess")
         return cls(
             preprocess=EvalPreprocess.from_dict(pre) if isinstance(pre, Mapping) else EvalPreprocess(),
-            labels=d.get("labels"),
+            labels=LabelSet.parse(d.get("labels")),
             license=str(d.get("license") or ""),
             source=str(d.get("source") or ""),
         )

@@ -2,8 +2,8 @@
 
 Read (:func:`read_arrays`): our native ``.safetensors`` (config and spec in its metadata), HF directories
 (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``, ``preprocessor_config.json``), bare
-``.safetensors`` files, and PyTorch pickles (official ``.pth``, HF ``.bin``) when the caller passes a pickle
-reader (only a torch front-end can; the core imports no framework). The layout is detected from the keys and
+``.safetensors`` files, PyTorch pickles (official ``.pth``, HF ``.bin``: :mod:`.pickles` reads them without torch,
+tensors only) and the TF port's ``.h5``. The layout is detected from the keys and
 converted to the native names by :mod:`.keys`. Arrays come back as numpy (``framework="np"``) or as the
 framework's own tensors (``framework="pt"`` etc., what ``safetensors.safe_open`` accepts).
 
@@ -20,7 +20,8 @@ were trained with, whether downloaded or given with ``weights=``); ``gelu`` for 
 of transformers' CvT: the exact GELU transformers computes); else ``quick_gelu`` (an official ``.pth``, the TF
 port's ``.h5``, a bare state dict, an architecture name alone: the official numerics).
 
-Fit (:func:`check_fits`): weights that do not fit the named architecture are refused before any model is built,
+Fit (:func:`check_fits`, counting with :func:`cvt.core.loading.fit_report`): weights that do not fit the named
+architecture are refused before any model is built,
 with one line that leads with the two architectures (``holds a cvt-digits model (3 stages, widths 64/128/192,
 ...), not cvt-13 (...)``) and then only counts the tensors that differ.
 """
@@ -29,21 +30,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import native, tfport
+from . import native, pickles, tfport
 from .config import CvTConfig, hf_labels
 from .errors import ConversionError, WeightsError, first_line
 from .files import atomic_write
 from .keys import to_native
+from .loading import fit_report, head_classes
 from .presets import default_spec, get_checkpoint, get_config, infer_config
 from .spec import EvalPreprocess, PretrainedSpec
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
-PickleReader = Callable[[Path], Any]  # path -> the unpickled object (a state dict, possibly wrapped)
 
 
 @dataclass
@@ -86,14 +87,12 @@ def _load_safetensors(path: Path, framework: str) -> tuple[dict[str, Any], dict[
         raise WeightsError(f"{path}: not a valid safetensors file, truncated or corrupt ({first_line(e)})") from None
 
 
-def read_raw(
-    path: Path, *, framework: str = "np", read_pickle: PickleReader | None = None
-) -> tuple[dict[str, Any], dict[str, str], Path]:
+def read_raw(path: Path, *, framework: str = "np") -> tuple[dict[str, Any], dict[str, str], Path]:
     """``(arrays under the file's own names, safetensors metadata, weight file)`` for a file or a directory."""
     if path.is_dir():
         for name in WEIGHT_FILES:
             if (path / name).is_file():
-                return read_raw(path / name, framework=framework, read_pickle=read_pickle)
+                return read_raw(path / name, framework=framework)
         raise WeightsError(f"{path}: directory holds none of {', '.join(WEIGHT_FILES)}")
     if not path.exists():
         raise WeightsError(f"{path}: no such file or directory")
@@ -109,12 +108,7 @@ def read_raw(
         return arrays, meta, path
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch zip archive or legacy pickle
         raise WeightsError(f"{path}: not a weight file (neither a PyTorch checkpoint nor safetensors)")
-    if read_pickle is None:
-        raise WeightsError(
-            f"{path}: a PyTorch pickle; reading it needs torch (pip install 'cvt-models[torch]'), "
-            f"or convert it once where torch is installed: cvt convert {path} model.safetensors --to native"
-        )
-    return _unwrap(read_pickle(path), path), {}, path
+    return _unwrap(pickles.read_pickle(path), path), {}, path
 
 
 def check_values(state_dict: Mapping[str, Any], source: object) -> None:
@@ -147,21 +141,10 @@ def _float_array(value: Any) -> Any:
     return arr if np.issubdtype(arr.dtype, np.floating) else None
 
 
-def _as_numpy(value: Any) -> Any:
-    """numpy for a framework tensor (torch's half floats widened to float32, as numpy has no bfloat16)."""
-    import numpy as np
-
-    if hasattr(value, "detach"):  # a torch tensor, without importing torch here
-        value = value.detach().cpu()
-        return value.float().numpy() if value.is_floating_point() else value.numpy()
-    return np.asarray(value)
-
-
 def read_arrays(
     path: str | os.PathLike[str],
     *,
     framework: str = "np",
-    read_pickle: PickleReader | None = None,
     check: bool = True,
 ) -> LoadedArrays:
     """Read any supported weight file or directory; its state dict comes back in the native layout.
@@ -169,13 +152,11 @@ def read_arrays(
     ``check``: refuse non-finite values and impossible BatchNorm statistics (:func:`check_values`); turn it off
     only to inspect a broken file.
     """
-    tensors, meta, weight_file = read_raw(Path(path), framework=framework, read_pickle=read_pickle)
+    tensors, meta, weight_file = read_raw(Path(path), framework=framework)
     try:
         sd, fmt = to_native(tensors)
     except ConversionError as e:
         raise WeightsError(f"{weight_file}: {e}") from None
-    if framework == "np":  # a pickle reader hands back framework tensors: numpy, as asked
-        sd = {k: _as_numpy(v) for k, v in sd.items()}
     if check:
         check_values(sd, weight_file)
     out = LoadedArrays(sd, fmt, weight_file)
@@ -216,7 +197,6 @@ def resolve(
     weights: str | os.PathLike[str] | None = None,
     pretrained: bool = False,
     framework: str = "np",
-    read_pickle: PickleReader | None = None,
     check: bool = True,
     strict: bool = True,
 ) -> tuple[CvTConfig, PretrainedSpec, LoadedArrays | None]:
@@ -234,15 +214,16 @@ def resolve(
     if pretrained:
         if weights is not None:
             raise ValueError("give either pretrained=True or weights=..., not both")
-        ckpt = get_checkpoint(name) if isinstance(name, str) else None
-        if ckpt is None:
+        # a name, or a config made from one (a training recipe's): the released checkpoint of that name
+        released = get_checkpoint(config.name) if config is not None else None
+        if released is None:
             raise ValueError(f"pretrained=True needs a released checkpoint name, got {name!r}")
         from .hub import download_checkpoint
 
-        weights = download_checkpoint(ckpt)
+        weights = download_checkpoint(released)
     loaded = None
     if weights is not None:
-        loaded = read_arrays(weights, framework=framework, read_pickle=read_pickle, check=check)
+        loaded = read_arrays(weights, framework=framework, check=check)
     if config is None:
         if loaded is None:
             raise ValueError("a model needs a name, a CvTConfig or weights=")
@@ -275,9 +256,6 @@ def file_activation(loaded: LoadedArrays, released: bool = False) -> str:
 
 
 # ---------------------------------------------------------------------------- does a file fit an architecture?
-OPTIONAL_TENSORS = ("num_batches_tracked",)  # not every writer keeps it; it never changes a forward pass
-
-
 def expected_shapes(config: CvTConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor of a native state dict of ``config`` and its shape (PyTorch layouts), in the model's order.
 
@@ -333,27 +311,11 @@ def check_fits(config: CvTConfig, loaded: LoadedArrays) -> None:
     (:func:`with_overrides`). The message leads with both architectures when they differ at a glance
     (:func:`describe`), then counts the tensors that differ and names the first.
     """
-    sd = loaded.state_dict
-    file_classes = sd["head.weight"].shape[0] if "head.weight" in sd and len(sd["head.weight"].shape) == 2 else 0
-    want = expected_shapes(config.replace(num_classes=file_classes))
-    missing = [k for k in want if k not in sd and k.rsplit(".", 1)[-1] not in OPTIONAL_TENSORS]
-    unexpected = [k for k in sd if k not in want]
-    mismatched = [k for k in want if k in sd and tuple(sd[k].shape) != want[k]]
-    if not (missing or unexpected or mismatched):
+    want = expected_shapes(config.replace(num_classes=head_classes(loaded.state_dict)))
+    report = fit_report(want, {k: tuple(v.shape) for k, v in loaded.state_dict.items()})
+    if report.ok:
         return
-    counts = (
-        ", ".join(
-            f"{len(keys)} {label}"
-            for keys, label in ((mismatched, "mis-shaped"), (missing, "missing"), (unexpected, "unexpected"))
-            if keys
-        )
-        + f" of {len(want)} tensors"
-    )
-    if mismatched:
-        k = mismatched[0]
-        first = f"{k}: file {tuple(sd[k].shape)} vs model {want[k]}"
-    else:
-        first = (missing or unexpected)[0]
+    counts, first = report.counts(len(want)), report.first()
     wanted = f"{config.name} ({describe(config)})"
     held = _held(loaded)
     if held is not None and _shape_of(held[1]) != _shape_of(config):
@@ -422,14 +384,13 @@ def with_overrides(
     if activation is not None:
         changes["activation"] = activation
     if loaded is not None:
-        file_classes = loaded.state_dict["head.weight"].shape[0] if "head.weight" in loaded.state_dict else 0
+        file_classes = head_classes(loaded.state_dict)
         changes.setdefault("num_classes", file_classes if num_classes is None else num_classes)
     elif num_classes is not None:
         changes["num_classes"] = num_classes
     if changes:
         config = config.replace(**changes)
-    if isinstance(spec.labels, tuple) and len(spec.labels) != config.num_classes:
-        spec = spec.replace(labels=None)
+    spec = spec.for_head(config.num_classes)
     return config, spec
 
 

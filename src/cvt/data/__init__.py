@@ -1,1 +1,2 @@
-"""Data for the PyTorch side: torch tensors from the core's preprocessing, augmentation, data sets."""
+"""The application's data: framework-free sources (:mod:`.sources`: folders, lists, the digits split), torch data
+sets over them (:mod:`.datasets`), torch tensors from the core's preprocessing (:mod:`.transforms`), augmentation."""

@@ -17,7 +17,18 @@ from ..core.errors import require
 require("jax", "jax", "cvt.flax")
 require("flax", "jax", "cvt.flax")
 
+from .evaluate import evaluate  # noqa: E402
 from .model import CvT, CvTStage, jit_forward  # noqa: E402
 from .weights import create_model, from_pretrained, from_state_dict, save, state_dict  # noqa: E402
 
-__all__ = ["CvT", "CvTStage", "create_model", "from_pretrained", "from_state_dict", "jit_forward", "save", "state_dict"]
+__all__ = [
+    "CvT",
+    "CvTStage",
+    "create_model",
+    "evaluate",
+    "from_pretrained",
+    "from_state_dict",
+    "jit_forward",
+    "save",
+    "state_dict",
+]

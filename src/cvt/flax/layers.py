@@ -2,7 +2,9 @@
 
 The same modules as :mod:`cvt.torch.layers` (PyTorch) with the same attribute names, so that a parameter's path
 (``stages.0.blocks.1.attn.proj_q.kernel``) is its native name up to the leaf (``kernel`` -> ``weight``,
-``scale`` -> ``weight``) and the layout (:mod:`cvt.flax.weights`). Plain modules: no transforms inside.
+``scale`` -> ``weight``) and the layout (:mod:`cvt.flax.weights`). Plain modules: no transforms inside, and the
+contract of :mod:`cvt.torch.layers`: one call per module with one return type (attention weights through
+:meth:`Attention.attention_weights`, not a flag).
 
 Numerics follow the official model, not Flax's defaults (each of these differs by default):
 LayerNorm eps 1e-5 with the two-pass variance; exact QuickGELU or erf GELU (not the tanh approximation);
@@ -23,9 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ..core.config import conv_out, depthwise_taps
-
-QUICK_GELU_ALPHA = 1.702
+from ..core.config import (
+    QUICK_GELU_ALPHA,
+    check_activation,
+    check_proj_method,
+    conv_out,
+    depthwise_taps,
+    head_width,
+)
 
 Array = jax.Array
 
@@ -36,11 +43,10 @@ def quick_gelu(x: Array) -> Array:
 
 
 def make_activation(name: str) -> Callable[[Array], Array]:
-    if name == "quick_gelu":
+    """``quick_gelu`` (official) or ``gelu`` (exact erf GELU, HF's numerics)."""
+    if check_activation(name) == "quick_gelu":
         return quick_gelu
-    if name == "gelu":
-        return partial(jax.nn.gelu, approximate=False)  # NOTE: Flax's default is the tanh approximation
-    raise ValueError(f"activation: unknown {name!r} (use 'quick_gelu' or 'gelu')")
+    return partial(jax.nn.gelu, approximate=False)  # NOTE: Flax's default is the tanh approximation
 
 
 # ---------------------------------------------------------------------------- initialisers (official)
@@ -146,29 +152,28 @@ class ConvEmbed(nnx.Module):
         return self.norm(self.proj(x))
 
 
+class DepthwiseKernel(nnx.Module):
+    """A depthwise convolution's ``(k, k, 1, C)`` kernel, no bias: the parameter alone, at the path ``kernel``
+    that ``nnx.Conv(feature_group_count=C)`` gives it, drawn as PyTorch's default init."""
+
+    def __init__(self, dim: int, kernel_size: int, *, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(torch_default_kernel(rngs.params(), (kernel_size, kernel_size, 1, dim)))
+
+
 class ConvProjection(nnx.Module):
     """The depthwise half of the convolutional projection: ``conv`` (depthwise, no bias) + ``bn``.
 
-    ``(B, H, W, C) -> (B, H', W', C)``; kernel ``(k, k, 1, C)``.
+    ``(B, H, W, C) -> (B, H', W', C)``; kernel ``conv.kernel`` ``(k, k, 1, C)`` (native ``conv.weight``), applied
+    by :func:`depthwise_conv`.
     """
 
     def __init__(self, dim: int, kernel_size: int, stride: int, padding: int, *, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(
-            dim,
-            dim,
-            (kernel_size, kernel_size),
-            strides=stride,
-            padding=_pad2(padding),
-            feature_group_count=dim,
-            use_bias=False,
-            kernel_init=torch_default_kernel,
-            rngs=rngs,
-        )
+        self.conv = DepthwiseKernel(dim, kernel_size, rngs=rngs)
         self.bn = BatchNorm(dim)
         self.stride, self.padding = stride, padding
 
     def __call__(self, x: Array) -> Array:
-        return self.bn(depthwise_conv(x, self.conv.kernel.value, self.stride, self.padding))
+        return self.bn(depthwise_conv(x, self.conv.kernel[...], self.stride, self.padding))
 
 
 def depthwise_conv(x: Array, kernel: Array, stride: int, padding: int) -> Array:
@@ -177,7 +182,7 @@ def depthwise_conv(x: Array, kernel: Array, stride: int, padding: int) -> Array:
 
     Why: XLA's CPU backend lowers a one-channel-per-group convolution to a generic loop, 20-30x slower than a
     fused multiply-add over slices (measured on (32, 56, 56, 64): 264 ms vs 9 ms); on GPU both are fine. Same
-    result up to float summation order; the ``conv`` module keeps the parameter and its name.
+    result up to float summation order.
     """
     x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     out = None
@@ -219,13 +224,11 @@ class AvgPool(nnx.Module):
 
 def build_projection(method: str, dim: int, kernel_size: int, stride: int, padding: int, rngs: nnx.Rngs):
     """``dw_bn``: depthwise conv + BN; ``avg``: average pooling (ceil mode); ``linear``: ``None`` (identity)."""
-    if method == "dw_bn":
+    if check_proj_method(method) == "dw_bn":
         return ConvProjection(dim, kernel_size, stride, padding, rngs=rngs)
     if method == "avg":
         return AvgPool(kernel_size, stride, padding)
-    if method == "linear":
-        return None
-    raise ValueError(f"qkv_proj_method: unknown {method!r} (use 'dw_bn', 'avg' or 'linear')")
+    return None
 
 
 def _project(proj: nnx.Module | None, fmap: Array) -> Array:
@@ -263,9 +266,7 @@ class Attention(nnx.Module):
         init: str = "trunc_norm",
         rngs: nnx.Rngs,
     ):
-        if dim % num_heads:
-            raise ValueError(f"num_heads: {num_heads} heads do not divide dim {dim}")
-        self.dim, self.num_heads = dim, num_heads
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, head_width(dim, num_heads)
         self.scale = dim**-0.5  # NOTE: full width, CvT's choice
         self.with_cls_token = with_cls_token
         self.conv_proj_q = build_projection(q_method, dim, kernel_size, stride_q, padding_q, rngs)
@@ -280,10 +281,10 @@ class Attention(nnx.Module):
 
     def _heads(self, x: Array) -> Array:
         b, n, _ = x.shape  # (B, N, C) -> (B, N, heads, C/heads): the layout dot_product_attention takes
-        return x.reshape(b, n, self.num_heads, self.dim // self.num_heads)
+        return x.reshape(b, n, self.num_heads, self.head_dim)
 
-    def __call__(self, x: Array, h: int, w: int, return_attn: bool = False) -> Array | tuple[Array, Array]:
-        """``x: (B, N, C)`` -> ``(B, N, C)``; with ``return_attn`` also the ``(B, heads, Nq, Nk)`` weights."""
+    def qkv(self, x: Array, h: int, w: int) -> tuple[Array, Array, Array]:
+        """``x: (B, N, C)`` -> q ``(B, Nq, heads, C/heads)``, k and v ``(B, Nk, heads, C/heads)``."""
         b, _, c = x.shape
         cls = None
         if self.with_cls_token:
@@ -292,17 +293,26 @@ class Attention(nnx.Module):
         q, k, v = (_project(p, fmap) for p in (self.conv_proj_q, self.conv_proj_k, self.conv_proj_v))
         if cls is not None:
             q, k, v = (jnp.concatenate((cls, t), axis=1) for t in (q, k, v))
-        q, k, v = self._heads(self.proj_q(q)), self._heads(self.proj_k(k)), self._heads(self.proj_v(v))
-        attn = None
-        dropping = self.attn_drop.rate > 0 and not self.attn_drop.deterministic
-        if return_attn or dropping:
-            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * self.scale
-            attn = jax.nn.softmax(scores, axis=-1)  # (B, heads, Nq, Nk)
-            out = jnp.einsum("bhqk,bkhd->bqhd", self.attn_drop(attn), v)
+        return self._heads(self.proj_q(q)), self._heads(self.proj_k(k)), self._heads(self.proj_v(v))
+
+    def _softmax(self, q: Array, k: Array) -> Array:
+        """q ``(B, Nq, heads, d)``, k ``(B, Nk, heads, d)`` -> the weights ``(B, heads, Nq, Nk)``."""
+        return jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) * self.scale, axis=-1)
+
+    def __call__(self, x: Array, h: int, w: int) -> Array:
+        """``x: (B, N, C)`` tokens of an ``h x w`` map (cls first, if any) -> ``(B, Nq, C)``."""
+        q, k, v = self.qkv(x, h, w)
+        if self.attn_drop.rate > 0 and not self.attn_drop.deterministic:
+            # NOTE: dot_product_attention has no dropout: write the weights out to drop some
+            out = jnp.einsum("bhqk,bkhd->bqhd", self.attn_drop(self._softmax(q, k)), v)
         else:
             out = jax.nn.dot_product_attention(q, k, v, scale=self.scale)  # (B, Nq, heads, d)
-        out = self.proj_drop(self.proj(out.reshape(b, -1, c)))
-        return (out, attn) if return_attn else out
+        return self.proj_drop(self.proj(out.reshape(out.shape[0], -1, self.dim)))
+
+    def attention_weights(self, x: Array, h: int, w: int) -> Array:
+        """The softmax weights :meth:`__call__` applies (no dropout): ``x: (B, N, C)`` -> ``(B, heads, Nq, Nk)``."""
+        q, k, _ = self.qkv(x, h, w)
+        return self._softmax(q, k)
 
 
 class Mlp(nnx.Module):
@@ -321,7 +331,8 @@ class Mlp(nnx.Module):
 class Block(nnx.Module):
     """Pre-norm transformer block, stochastic depth on the residual branches only.
 
-    ``x = x + drop_path(attn(norm1(x)))``; ``x = x + drop_path(mlp(norm2(x)))``.
+    ``x = x + drop_path(attn(norm1(x)))``; ``x = x + drop_path(mlp(norm2(x)))``. The arguments of
+    :class:`cvt.torch.layers.Block` (``Block(**cvt.core.config.block_args(...), init=..., rngs=...)``).
     """
 
     def __init__(
@@ -344,12 +355,7 @@ class Block(nnx.Module):
         self.norm2 = layer_norm(dim, eps, rngs)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), activation, drop, init, rngs=rngs)
 
-    def __call__(self, x: Array, h: int, w: int, return_attn: bool = False) -> Array | tuple[Array, Array]:
-        """``x: (B, N, C) -> (B, N, C)`` (and the attention weights with ``return_attn``)."""
-        if return_attn:
-            a, attn = self.attn(self.norm1(x), h, w, return_attn=True)
-        else:
-            a = self.attn(self.norm1(x), h, w)
-        x = x + self.drop_path(a)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return (x, attn) if return_attn else x
+    def __call__(self, x: Array, h: int, w: int) -> Array:
+        """``x: (B, N, C)`` tokens of an ``h x w`` map (cls first, if any) -> ``(B, N, C)``."""
+        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
+        return x + self.drop_path(self.mlp(self.norm2(x)))

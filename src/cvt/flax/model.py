@@ -7,6 +7,7 @@ Like every NNX module it starts in training mode (BatchNorm on batch statistics,
 
 Parameter paths are the native (PyTorch) names: ``stages.{i}.patch_embed.proj``, ``stages.{i}.cls_token``,
 ``stages.{i}.blocks.{j}.attn.conv_proj_q.conv`` ..., ``norm``, ``head`` (:mod:`cvt.flax.weights` maps them).
+The methods and the stage contract are :mod:`cvt.torch.model`'s, with NHWC maps.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ..core.config import CvTConfig, StageConfig, feature_indices
+from ..core.config import CvTConfig, StageConfig, block_args, feature_indices
 from ..core.errors import ConfigError
 from ..core.spec import PretrainedSpec
 from .layers import Block, ConvEmbed, layer_norm, torch_default_bias, trunc_normal
@@ -32,7 +33,8 @@ __all__ = ["CvT", "CvTStage", "jit_forward"]
 class CvTStage(nnx.Module):
     """Convolutional token embedding + ``depth`` blocks (+ optional cls token).
 
-    ``(B, H_in, W_in, C_in) -> (B, H, W, C)`` map and the ``(B, 1, C)`` cls token (or ``None``).
+    ``(B, H_in, W_in, C_in)`` -> tokens ``(B, N, C)`` (cls first, if any) and their map ``(B, H, W, C)``: the
+    stage contract of :class:`cvt.torch.model.CvTStage`, channels-last.
     """
 
     def __init__(self, cfg: StageConfig, in_chans: int, activation: str, eps: float, init: str, *, rngs: nnx.Rngs):
@@ -42,48 +44,29 @@ class CvTStage(nnx.Module):
         self.pos_drop = nnx.Dropout(cfg.drop_rate, rngs=rngs)
         self.cls_token = nnx.Param(trunc_normal(rngs.params(), (1, 1, cfg.embed_dim))) if cfg.cls_token else None
         self.blocks = nnx.List(
-            Block(
-                cfg.embed_dim,
-                cfg.num_heads,
-                mlp_ratio=cfg.mlp_ratio,
-                drop_path_rate=rate,
-                drop=cfg.drop_rate,
-                activation=activation,
-                eps=eps,
-                init=init,
-                qkv_bias=cfg.qkv_bias,
-                attn_drop=cfg.attn_drop_rate,
-                q_method=cfg.q_method,  # the core's rule: avg pools keys and values only
-                kv_method=cfg.qkv_proj_method,
-                kernel_size=cfg.kernel_qkv,
-                stride_q=cfg.stride_q,
-                stride_kv=cfg.stride_kv,
-                padding_q=cfg.padding_q,
-                padding_kv=cfg.padding_kv,
-                with_cls_token=cfg.cls_token,
-                rngs=rngs,
-            )
-            for rate in cfg.drop_path_rates()
+            Block(**block_args(cfg, rate, activation, eps), init=init, rngs=rngs) for rate in cfg.drop_path_rates()
         )
 
-    def __call__(self, x: Array, attn_maps: list[Array] | None = None) -> tuple[Array, Array | None]:
+    def embed(self, x: Array) -> tuple[Array, int, int]:
+        """``(B, H_in, W_in, C_in)`` -> the tokens entering the blocks ``(B, N, C)`` and the map's ``H, W``."""
         x = self.patch_embed(x)  # (B, H, W, C)
         b, h, w, c = x.shape
         x = x.reshape(b, h * w, c)
         if self.cls_token is not None:
             cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, c))
             x = jnp.concatenate((cls, x), axis=1)  # (B, 1+HW, C)
-        x = self.pos_drop(x)
+        return self.pos_drop(x), h, w
+
+    def to_map(self, x: Array, h: int, w: int) -> Array:
+        """Tokens ``(B, N, C)`` -> their spatial part as a ``(B, H, W, C)`` map (no cls token)."""
+        x = x[:, 1:] if self.cls_token is not None else x
+        return x.reshape(x.shape[0], h, w, x.shape[-1])
+
+    def __call__(self, x: Array) -> tuple[Array, Array]:
+        x, h, w = self.embed(x)
         for blk in self.blocks:
-            if attn_maps is not None:
-                x, attn = blk(x, h, w, return_attn=True)
-                attn_maps.append(attn)
-            else:
-                x = blk(x, h, w)
-        cls = None
-        if self.cls_token is not None:
-            cls, x = x[:, :1], x[:, 1:]
-        return x.reshape(b, h, w, c), cls
+            x = blk(x, h, w)
+        return x, self.to_map(x, h, w)
 
 
 class CvT(nnx.Module):
@@ -96,20 +79,28 @@ class CvT(nnx.Module):
     def __init__(self, config: CvTConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.pretrained_cfg: PretrainedSpec | None = None  # preprocessing, labels (set by create_model)
-        self.num_features = config.num_features
         eps = config.layer_norm_eps
         stages, in_chans = [], config.in_chans
         for s in config.stages:
             stages.append(CvTStage(s, in_chans, config.activation, eps, config.init, rngs=rngs))
             in_chans = s.embed_dim
         self.stages = nnx.List(stages)
-        self.has_cls_token = config.stages[-1].cls_token
         self.norm = layer_norm(self.num_features, eps, rngs)
         self.head = self._new_head(config.num_classes, rngs)
 
+    # ------------------------------------------------------------------ derived from the config (never copies)
     @property
     def num_classes(self) -> int:
         return self.config.num_classes
+
+    @property
+    def num_features(self) -> int:
+        """Width of the last stage's tokens (what ``forward_features`` returns per token)."""
+        return self.config.num_features
+
+    @property
+    def has_cls_token(self) -> bool:
+        return self.config.has_cls_token
 
     def _new_head(self, num_classes: int, rngs: nnx.Rngs) -> nnx.Linear | None:
         """Official classifier init: trunc-normal(0.02) weight, PyTorch's default uniform bias."""
@@ -136,12 +127,9 @@ class CvT(nnx.Module):
     def forward_features(self, x: Array) -> Array:
         """``(B, H, W, C_in)`` -> last-stage tokens ``(B, N, C)``: the cls token first when there is one."""
         self._check_input(x)
-        cls = None
         for stage in self.stages:
-            x, cls = stage(x)
-        b, h, w, c = x.shape
-        tokens = x.reshape(b, h * w, c)
-        return jnp.concatenate((cls, tokens), axis=1) if cls is not None else tokens
+            tokens, x = stage(x)  # (B, N_i, C_i) and its (B, H_i, W_i, C_i) map, the next stage's input
+        return tokens
 
     def forward_head(self, x: Array, pre_logits: bool = False) -> Array:
         """``(B, N, C)`` tokens -> logits ``(B, num_classes)`` (or pooled ``(B, C)`` with ``pre_logits``).
@@ -184,29 +172,30 @@ class CvT(nnx.Module):
         self._check_input(x)
         last = len(self.stages) - 1
         run = take[-1] + 1 if stop_early or intermediates_only else len(self.stages)
-        maps, cls = [], None
+        maps = []
         for i in range(run):
-            x, cls = self.stages[i](x)
+            tokens, x = self.stages[i](x)
             if i in take:
                 maps.append(self.norm(x) if norm and i == last else x)
-        if intermediates_only:
-            return maps
-        b, h, w, c = x.shape
-        tokens = x.reshape(b, h * w, c)
-        return jnp.concatenate((cls, tokens), axis=1) if cls is not None else tokens, maps
+        return maps if intermediates_only else (tokens, maps)
 
     def forward_attention(self, x: Array) -> list[list[Array]]:
         """Attention weights of every block: ``maps[stage][block]`` of shape ``(B, heads, N_q, N_kv)``.
 
         Queries index the stage's ``H*W`` map (row-major) with the cls token first when the stage has one;
-        keys index the ``stride_kv``-subsampled map (cls first likewise).
+        keys index the ``stride_kv``-subsampled map (cls first likewise). As in PyTorch: each block's
+        :meth:`~cvt.flax.layers.Attention.attention_weights` on its normalised input, then the block itself.
         """
         self._check_input(x)
         maps: list[list[Array]] = []
         for stage in self.stages:
-            stage_maps: list[Array] = []
-            x, _ = stage(x, attn_maps=stage_maps)
-            maps.append(stage_maps)
+            tokens, h, w = stage.embed(x)
+            weights = []
+            for blk in stage.blocks:
+                weights.append(blk.attn.attention_weights(blk.norm1(tokens), h, w))
+                tokens = blk(tokens, h, w)
+            maps.append(weights)
+            x = stage.to_map(tokens, h, w)
         return maps
 
 

@@ -26,10 +26,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ..core.optim import decays
 from .model import CvT
+from .weights import native_name
 
 Array = jax.Array
-NO_DECAY_NAMES = ("cls_token",)  # what CvT.no_weight_decay() names; biases and norms go by shape
 
 
 def _path_names(path: tuple[Any, ...]) -> list[str]:
@@ -37,17 +38,18 @@ def _path_names(path: tuple[Any, ...]) -> list[str]:
 
 
 def decay_mask(params: Any) -> Any:
-    """``True`` where AdamW decays: every weight with more than one dimension except the cls tokens.
+    """``True`` where AdamW decays: the core's rule (:func:`cvt.core.optim.decays`) on each parameter's native name.
 
     No decay, as in the official code: biases, LayerNorm / BatchNorm parameters (all 1-d) and the cls tokens.
     Depthwise convolution kernels ARE decayed. ``params``: the model's ``nnx.Param`` state.
     """
 
-    def decays(path: tuple[Any, ...], value: Array) -> bool:
-        names = _path_names(path)
-        return value.ndim > 1 and not any(n in NO_DECAY_NAMES or n == "bias" for n in names)
+    def decays_here(path: tuple[Any, ...], value: Array) -> bool:
+        # NOTE the path ends in the Variable's own field (an attribute key, e.g. ``.value``): not part of the name
+        keys = tuple(k for k in path if not isinstance(k, jax.tree_util.GetAttrKey))
+        return decays(native_name(tuple(_path_names(keys)), value.ndim), value.ndim)
 
-    return jax.tree_util.tree_map_with_path(decays, params)
+    return jax.tree_util.tree_map_with_path(decays_here, params)
 
 
 def make_optimizer(
@@ -135,14 +137,14 @@ class Trainer:
         return nnx.merge(self.eval_graphdef, state.params, state.rest)(images)
 
     # ------------------------------------------------------------------ API
-    def _put(self, x: Any) -> Array:
-        x = jnp.asarray(x)
+    def _put(self, batch: Any) -> Array:
+        batch = jnp.asarray(batch)
         if self.mesh is None:
-            return x
-        n = self.mesh.devices.size
-        if x.shape[0] % n:
-            raise ValueError(f"batch of {x.shape[0]} does not split over {n} devices")
-        return jax.device_put(x, self._batch)
+            return batch
+        devices = self.mesh.devices.size
+        if batch.shape[0] % devices:
+            raise ValueError(f"batch of {batch.shape[0]} does not split over {devices} devices")
+        return jax.device_put(batch, self._batch)
 
     def step(self, images: Any, labels: Any) -> dict[str, float]:
         """One optimizer step on a batch; returns the batch's mean loss (before the update)."""
@@ -164,8 +166,8 @@ class Trainer:
         import orbax.checkpoint as ocp
 
         path = Path(directory).absolute()
-        with ocp.StandardCheckpointer() as ckpt:
-            ckpt.save(path, _to_saveable(self.state), force=True)
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(path, _to_saveable(self.state), force=True)
         return path
 
     def restore_checkpoint(self, directory: str | os.PathLike[str]) -> None:
@@ -173,8 +175,8 @@ class Trainer:
         import orbax.checkpoint as ocp
 
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_saveable(self.state))
-        with ocp.StandardCheckpointer() as ckpt:
-            restored = ckpt.restore(Path(directory).absolute(), target)
+        with ocp.StandardCheckpointer() as checkpointer:
+            restored = checkpointer.restore(Path(directory).absolute(), target)
         self.state = _from_saveable(restored, self.state)
 
 
@@ -184,14 +186,14 @@ def _to_saveable(state: TrainState) -> Any:
 
 
 def _from_saveable(saved: Any, like: TrainState) -> TrainState:
-    def unwrap(s: Any, ref: Any) -> Any:
-        return jax.random.wrap_key_data(s, impl=jax.random.key_impl(ref)) if _is_key(ref) else s
+    def unwrap(stored: Any, ref: Any) -> Any:
+        return jax.random.wrap_key_data(stored, impl=jax.random.key_impl(ref)) if _is_key(ref) else stored
 
     return jax.tree.map(unwrap, saved, like)
 
 
-def _is_key(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+def _is_key(leaf: Any) -> bool:
+    return isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
 def fit_epoch(

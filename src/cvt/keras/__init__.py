@@ -13,6 +13,7 @@ Written with ``keras.layers`` + ``keras.ops`` only (depends on ``keras``, not ke
 
 from .backbone import CvTBackbone
 from .classifier import CvTImageClassifier
+from .evaluate import evaluate
 from .export import export_litert, export_saved_model
 from .preprocessor import CvTImagePreprocessor
 from .tfport import CvT
@@ -24,6 +25,7 @@ __all__ = [
     "CvTImageClassifier",
     "CvTImagePreprocessor",
     "create_model",
+    "evaluate",
     "export_litert",
     "export_saved_model",
     "from_preset",

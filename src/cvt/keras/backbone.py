@@ -58,11 +58,10 @@ class CvTBackbone(keras.Model):
         ]
         outputs: dict[str, Any] = {}
         for i, stage in enumerate(stages):
-            out = stage(x)
-            x, cls = (out[0], out[1]) if stage.has_cls_token else (out, None)
+            tokens, x = stage(x)  # (B, N_i, C_i) tokens (cls first, if any) and their (B, H_i, W_i, C_i) map
             outputs[f"stage{i}"] = x if data_format == "channels_last" else keras.ops.transpose(x, (0, 3, 1, 2))
-        if cls is not None:
-            outputs["cls_token"] = cls
+        if cfg.has_cls_token:
+            outputs["cls_token"] = tokens[:, :1]
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.cvt_config = cfg
         self.data_format = data_format

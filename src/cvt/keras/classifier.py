@@ -15,12 +15,12 @@ from typing import Any
 import keras
 
 from ..core.config import CvTConfig
+from ..core.optim import decays
 from ..core.spec import PretrainedSpec
 from .backbone import CvTBackbone
 from .layers import layer_norm
 
 POOLINGS = ("token", "avg")
-NO_DECAY = ("gamma", "beta", "bias", "cls_token")  # Keras variable names: norms, biases, the cls token
 
 
 @keras.saving.register_keras_serializable(package="cvt")
@@ -88,13 +88,20 @@ class CvTImageClassifier(keras.Model):
         """Keras' ``compile`` with fine-tuning defaults for each ``"auto"`` argument (module docstring)."""
         if optimizer == "auto":
             optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.05)
-            optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
+            optimizer.exclude_from_weight_decay(var_list=self.no_decay_variables())
         if loss == "auto":
             from_logits = self.activation is None
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
         if metrics == "auto":
             metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def no_decay_variables(self) -> list[Any]:
+        """The variables the core's rule (:func:`cvt.core.optim.decays`) exempts from weight decay, by native name:
+        norms, biases and the cls token."""
+        from .weights import native_variables  # NOTE imported here: cvt.keras.weights imports this module
+
+        return [var for name, (var, _) in native_variables(self).items() if not decays(name, len(var.shape))]
 
     def get_config(self) -> dict[str, Any]:
         return {

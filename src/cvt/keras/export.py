@@ -14,6 +14,7 @@ from typing import Any
 import keras
 
 from ..core.errors import require
+from ..core.export import DEFAULT_ATOL, check_atol
 from .classifier import CvTImageClassifier
 
 
@@ -70,7 +71,7 @@ def export_verified(
     path: str | os.PathLike[str],
     fmt: str,
     image_size: int | None = None,
-    atol: float = 1e-4,
+    atol: float = DEFAULT_ATOL,
     batch_sizes: tuple[int, ...] = (1, 3),
 ) -> float:
     """Export (``fmt``: ``"saved-model"`` or ``"litert"``) to a temporary path beside ``path``, reload it, compare
@@ -79,8 +80,6 @@ def export_verified(
     export). Returns the largest difference; raises :class:`~cvt.core.errors.CvtError` otherwise, leaving nothing
     at ``path`` (an existing file or SavedModel there unchanged) and no temporary file.
     """
-    import math
-
     import numpy as np
 
     from ..core.errors import CvtError, UsageError
@@ -88,8 +87,7 @@ def export_verified(
 
     if fmt not in ("saved-model", "litert"):
         raise UsageError(f"unknown Keras export format {fmt!r} (use saved-model or litert)")
-    if not (isinstance(atol, (int, float)) and math.isfinite(atol) and atol >= 0):
-        raise UsageError(f"atol: must be a finite number >= 0, got {atol}")  # inf / NaN would accept anything
+    atol = check_atol(atol)
     path = Path(path)
     saved_model = fmt == "saved-model"
     (check_writable_dir if saved_model else check_writable)(path)  # before the slow trace

@@ -11,6 +11,10 @@ weight of the new batch, unbiased running variance).
 Layout: maps are channels-last ``(B, H, W, C)``; tokens are ``(B, N, C)`` with ``N = H*W (+1 with a cls token,
 first)``. Sub-layer names are the official ones (``patch_embed.proj``, ``attn.conv_proj_q.conv/bn``,
 ``attn.proj_q``, ``mlp.fc1`` ...), which is what :mod:`cvt.keras.weights` maps to the native state dict.
+
+:class:`Block` and :class:`CvTStage` take their stage's config (a :class:`~cvt.core.config.StageConfig` as a dict):
+a Keras layer's config must serialise, and that dict is the stage's. The attention's arguments come from
+:func:`cvt.core.config.attention_args`, as in every front-end; the stage returns ``(tokens, map)`` as they do.
 """
 
 from __future__ import annotations
@@ -24,9 +28,17 @@ from typing import Any
 import keras
 from keras import ops
 
-from ..core.config import StageConfig, depthwise_taps
+from ..core.config import (
+    QUICK_GELU_ALPHA,
+    StageConfig,
+    attention_args,
+    check_activation,
+    check_proj_method,
+    conv_out,
+    depthwise_taps,
+    head_width,
+)
 
-QUICK_GELU_ALPHA = 1.702
 _SKIP_INIT = contextvars.ContextVar("cvt_keras_skip_init", default=False)
 
 
@@ -55,11 +67,9 @@ def quick_gelu(x: Any) -> Any:
 
 def get_activation(name: str) -> Any:
     """``"quick_gelu"`` (official) or ``"gelu"`` (exact erf GELU, HF transformers' numerics)."""
-    if name == "quick_gelu":
+    if check_activation(name) == "quick_gelu":
         return quick_gelu
-    if name == "gelu":
-        return lambda x: ops.gelu(x, approximate=False)  # NOTE: keras.ops.gelu defaults to the tanh approximation
-    raise ValueError(f"activation: unknown {name!r} (use 'quick_gelu' or 'gelu')")
+    return lambda x: ops.gelu(x, approximate=False)  # NOTE: keras.ops.gelu defaults to the tanh approximation
 
 
 def torch_uniform(fan_in: int) -> keras.initializers.Initializer:
@@ -176,20 +186,17 @@ def avg_pool_ceil(x: Any, kernel: int, stride: int, padding: int) -> Any:
     past the padding do not count. Emulated as: pad ``padding`` zeros on each side plus ``stride - 1`` extra ones
     at the far side, pool "valid", and divide by the same pooling of a map of ones over the padded input (the
     count of counted cells, as a fraction of the window). A last window that would start inside the right
-    padding (possible only when ``stride > kernel - padding``) is dropped, as PyTorch does.
+    padding (possible only when ``stride > kernel - padding``) is dropped, as PyTorch does: the output size is
+    :func:`cvt.core.config.conv_out`'s (on the run-time size, which may be a traced scalar).
     """
-    h, w = ops.shape(x)[1], ops.shape(x)[2]
     extra = stride - 1
     pads = [[0, 0], [padding, padding + extra], [padding, padding + extra], [0, 0]]
     ones = ops.pad(ops.ones_like(x[:1, :, :, :1]), [[0, 0], [padding] * 2, [padding] * 2, [0, 0]], constant_values=1)
     counts = ops.pad(ones, [[0, 0], [0, extra], [0, extra], [0, 0]])
     pool = dict(pool_size=kernel, strides=stride, padding="valid", data_format="channels_last")
-    y = ops.average_pool(ops.pad(x, pads), **pool) / ops.average_pool(counts, **pool)
+    y = ops.average_pool(ops.pad(x, pads), **pool) / ops.average_pool(counts, **pool)  # every ceil-mode window
     if stride > kernel - padding:
-        out_h = (h + 2 * padding - kernel + stride - 1) // stride + 1
-        out_w = (w + 2 * padding - kernel + stride - 1) // stride + 1
-        out_h = out_h - ops.cast((out_h - 1) * stride >= h + padding, "int32")
-        out_w = out_w - ops.cast((out_w - 1) * stride >= w + padding, "int32")
+        out_h, out_w = (conv_out(ops.shape(x)[axis], kernel, stride, padding, ceil_mode=True) for axis in (1, 2))
         y = y[:, :out_h, :out_w, :]
     return y
 
@@ -253,8 +260,7 @@ class ConvProjection(keras.layers.Layer):
 
     def __init__(self, method: str, kernel_size: int, stride: int, padding: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if method not in ("dw_bn", "avg", "linear"):
-            raise ValueError(f"qkv_proj_method: unknown {method!r} (use 'dw_bn', 'avg' or 'linear')")
+        check_proj_method(method)
         self.method, self.kernel_size, self.stride, self.padding = method, kernel_size, stride, padding
         self.conv = self.bn = self.pad = None
         if method == "dw_bn":
@@ -329,9 +335,8 @@ class Attention(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if dim % num_heads:
-            raise ValueError(f"num_heads: {num_heads} heads do not divide dim {dim}")
         self.dim, self.num_heads, self.with_cls_token = dim, num_heads, with_cls_token
+        self.head_dim = head_width(dim, num_heads)
         self.scale = dim**-0.5  # NOTE: full width, CvT's choice; head_dim ** -0.5 would be a silent mismatch
         self.conv_proj_q = ConvProjection(q_method, kernel_size, stride_q, padding_q, name="conv_proj_q")
         self.conv_proj_k = ConvProjection(kv_method, kernel_size, stride_kv, padding_kv, name="conv_proj_k")
@@ -368,22 +373,34 @@ class Attention(keras.layers.Layer):
 
     def _heads(self, x: Any) -> Any:
         """``(B, N, C) -> (B, heads, N, C/heads)``."""
-        x = ops.reshape(x, (ops.shape(x)[0], -1, self.num_heads, self.dim // self.num_heads))
+        x = ops.reshape(x, (ops.shape(x)[0], -1, self.num_heads, self.head_dim))
         return ops.transpose(x, (0, 2, 1, 3))
 
-    def call(self, x: Any, h: Any, w: Any, training: bool | None = None) -> Any:
+    def qkv(self, x: Any, h: Any, w: Any, training: bool | None = None) -> tuple[Any, Any, Any]:
+        """``x: (B, N, C)`` -> q ``(B, heads, Nq, C/heads)``, k and v ``(B, heads, Nk, C/heads)``."""
         if self.with_cls_token:
             cls, x = x[:, :1], x[:, 1:]
         fmap = ops.reshape(x, (ops.shape(x)[0], h, w, self.dim))
         q, k, v = (_tokens(getattr(self, f"conv_proj_{n}")(fmap, training=training), self.dim) for n in ("q", "k", "v"))
         if self.with_cls_token:
             q, k, v = (ops.concatenate([cls, t], axis=1) for t in (q, k, v))
-        q, k, v = self._heads(self.proj_q(q)), self._heads(self.proj_k(k)), self._heads(self.proj_v(v))
-        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * ops.cast(self.scale, q.dtype)  # (B, h, Nq, Nk)
-        attn = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), v.dtype)
-        out = ops.matmul(self.attn_drop(attn, training=training), v)  # (B, heads, Nq, d)
+        return self._heads(self.proj_q(q)), self._heads(self.proj_k(k)), self._heads(self.proj_v(v))
+
+    def _softmax(self, q: Any, k: Any) -> Any:
+        """q ``(B, heads, Nq, d)``, k ``(B, heads, Nk, d)`` -> the weights ``(B, heads, Nq, Nk)``, in q's dtype."""
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * ops.cast(self.scale, q.dtype)
+        return ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), q.dtype)
+
+    def call(self, x: Any, h: Any, w: Any, training: bool | None = None) -> Any:
+        q, k, v = self.qkv(x, h, w, training=training)
+        out = ops.matmul(self.attn_drop(self._softmax(q, k), training=training), v)  # (B, heads, Nq, d)
         out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (ops.shape(out)[0], -1, self.dim))
         return self.proj_drop(self.proj(out), training=training)
+
+    def attention_weights(self, x: Any, h: Any, w: Any) -> Any:
+        """The softmax weights :meth:`call` applies (inference, no dropout): ``x (B, N, C) -> (B, heads, Nq, Nk)``."""
+        q, k, _ = self.qkv(x, h, w)
+        return self._softmax(q, k)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self._config}
@@ -450,23 +467,8 @@ class Block(keras.layers.Layer):
         )
         self.dim = s.embed_dim
         self.norm1 = layer_norm("norm1", eps)
-        self.attn = Attention(
-            s.embed_dim,
-            s.num_heads,
-            qkv_bias=s.qkv_bias,
-            attn_drop=s.attn_drop_rate,
-            proj_drop=s.drop_rate,
-            q_method=s.q_method,  # the core's rule: avg pools keys and values only
-            kv_method=s.qkv_proj_method,
-            kernel_size=s.kernel_qkv,
-            stride_q=s.stride_q,
-            stride_kv=s.stride_kv,
-            padding_q=s.padding_q,
-            padding_kv=s.padding_kv,
-            with_cls_token=s.cls_token,
-            init=init,
-            name="attn",
-        )
+        attn_args = attention_args(s)  # the core's mapping, as in every front-end
+        self.attn = Attention(s.embed_dim, s.num_heads, proj_drop=s.drop_rate, init=init, name="attn", **attn_args)
         self.drop_path = drop_path(drop_path_rate, "drop_path")
         self.norm2 = layer_norm("norm2", eps)
         self.mlp = Mlp(s.embed_dim, int(s.embed_dim * s.mlp_ratio), activation, s.drop_rate, init, name="mlp")
@@ -494,7 +496,8 @@ class Block(keras.layers.Layer):
 class CvTStage(keras.layers.Layer):
     """Convolutional token embedding + ``depth`` blocks (+ a cls token).
 
-    ``(B, H_in, W_in, C_in) -> (B, H, W, C)``, and with a cls token ``[map, (B, 1, C) cls token]``.
+    ``(B, H_in, W_in, C_in)`` -> tokens ``(B, N, C)`` (cls first, if any) and their map ``(B, H, W, C)``: the stage
+    contract of :class:`cvt.torch.model.CvTStage`, channels-last.
     """
 
     def __init__(self, stage: dict[str, Any], activation: str, eps: float, init: str, **kwargs: Any) -> None:
@@ -532,9 +535,7 @@ class CvTStage(keras.layers.Layer):
         t = self.pos_drop(t, training=training)
         for blk in self.blocks:
             t = blk(t, h=h, w=w, training=training)
-        if not self.has_cls_token:
-            return ops.reshape(t, (b, h, w, self.dim))
-        return [ops.reshape(t[:, 1:], (b, h, w, self.dim)), t[:, :1]]
+        return t, ops.reshape(t[:, 1:] if self.has_cls_token else t, (b, h, w, self.dim))
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -53,9 +53,11 @@ def _walk(obj: Any, prefix: str) -> Iterator[tuple[str, Any, str]]:
             if obj.use_bias:
                 yield prefix + "bias", obj.bias, "same"
             return
-    for attr, value in vars(obj).items():
+    # NOTE: on Keras' torch backend a layer is also a torch Module, which keeps sublayers in ``_modules``
+    for attr in dict.fromkeys([*vars(obj), *getattr(obj, "_modules", {})]):
         if attr.startswith("_"):
             continue
+        value = getattr(obj, attr)
         if isinstance(value, keras.Variable):
             yield prefix + _LEAVES.get(attr, attr), value, "same"
         elif isinstance(value, keras.layers.Layer):

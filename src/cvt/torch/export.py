@@ -16,7 +16,6 @@ destination (an existing file there unchanged) and no temporary file.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.errors import CvtError, UsageError, first_line
+from ..core.errors import CvtError, first_line
+from ..core.export import DEFAULT_ATOL, check_atol
 from ..core.files import atomic_write, check_writable
 from .fusion import fuse
 from .model import CvT
@@ -58,18 +58,6 @@ class _Logits(nn.Module):
         return self.model(pixel_values)
 
 
-def check_atol(atol: Any, name: str = "atol") -> float:
-    """``atol`` as a float, or :class:`UsageError`: it must be a finite number >= 0 (0 asks for equality; an
-    infinite or NaN tolerance would accept any output, a negative one none)."""
-    try:
-        value = float(atol)
-    except (TypeError, ValueError):
-        raise UsageError(f"{name}: expected a number, got {atol!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise UsageError(f"{name}: must be a finite number >= 0, got {atol}")
-    return value
-
-
 def default_check_shapes(img_size: int, dynamic_hw: bool) -> list[tuple[int, int, int, int]]:
     shapes = [(1, 3, img_size, img_size), (3, 3, img_size, img_size)]
     if dynamic_hw:
@@ -83,7 +71,7 @@ def export_model(
     fmt: str = "onnx",
     img_size: int | None = None,
     dynamic_hw: bool = True,
-    atol: float = 1e-4,
+    atol: float = DEFAULT_ATOL,
     check_shapes: Sequence[tuple[int, int, int, int]] | None = None,
     opset: int = 18,
 ) -> ExportResult:

@@ -33,9 +33,7 @@ def resolve(
     strict: bool = True,
 ) -> tuple[CvTConfig, PretrainedSpec, LoadedWeights | None]:
     """``(architecture, spec, loaded torch weights or None)``: :func:`cvt.core.weights.resolve` with torch tensors."""
-    config, spec, loaded = core_resolve(
-        name, weights=weights, pretrained=pretrained, framework="pt", strict=strict
-    )
+    config, spec, loaded = core_resolve(name, weights=weights, pretrained=pretrained, framework="pt", strict=strict)
     return config, spec, as_torch(loaded) if loaded is not None else None
 
 

@@ -1,6 +1,7 @@
 """CvT building blocks: convolutional token embedding, convolutional projection attention, MLP, block.
 
-Nothing here knows about configs: every module takes plain typed arguments, so each can be tested alone.
+Nothing here knows about configs: every module takes plain typed arguments, so each can be tested alone
+(:func:`cvt.core.config.block_args` turns a stage's config into a ``Block``'s arguments, for every front-end).
 Parameter names equal the official checkpoint's (``patch_embed.proj``, ``attn.conv_proj_q.conv/bn``,
 ``attn.proj_q``, ``attn.proj``, ``mlp.fc1``, ``norm1`` ...), which makes official conversion a rename of
 ``stage{i}`` to ``stages.{i}``.
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-QUICK_GELU_ALPHA = 1.702
+from ..core.config import QUICK_GELU_ALPHA, check_activation, check_proj_method, head_width
 
 
 class QuickGELU(nn.Module):
@@ -49,11 +50,8 @@ class _QuickGELUFunction(torch.autograd.Function):
 
 
 def make_activation(name: str) -> nn.Module:
-    if name == "quick_gelu":
-        return QuickGELU()
-    if name == "gelu":
-        return nn.GELU()  # exact erf GELU, what HF transformers runs
-    raise ValueError(f"activation: unknown {name!r} (use 'quick_gelu' or 'gelu')")
+    """``quick_gelu`` (official) or ``gelu`` (exact erf GELU, what HF transformers runs)."""
+    return QuickGELU() if check_activation(name) == "quick_gelu" else nn.GELU()
 
 
 class LayerNorm(nn.LayerNorm):
@@ -124,13 +122,11 @@ class ConvProjection(nn.Module):
 
 def build_projection(method: str, dim: int, kernel_size: int, stride: int, padding: int) -> nn.Module:
     """``dw_bn``: depthwise conv + BN; ``avg``: average pooling (ceil mode, as official); ``linear``: identity."""
-    if method == "dw_bn":
+    if check_proj_method(method) == "dw_bn":
         return ConvProjection(dim, kernel_size, stride, padding)
     if method == "avg":
         return nn.AvgPool2d(kernel_size, stride=stride, padding=padding, ceil_mode=True)
-    if method == "linear":
-        return nn.Identity()
-    raise ValueError(f"qkv_proj_method: unknown {method!r} (use 'dw_bn', 'avg' or 'linear')")
+    return nn.Identity()
 
 
 def to_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -186,8 +182,7 @@ class Attention(nn.Module):
         with_cls_token: bool = False,
     ):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"num_heads: {num_heads} heads do not divide dim {dim}")
+        head_width(dim, num_heads)  # the heads must divide the width
         self.num_heads = num_heads
         self.scale = dim**-0.5  # NOTE: full width, CvT's choice; SDPA's default would be head_dim ** -0.5
         self.with_cls_token = with_cls_token
@@ -246,7 +241,9 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block; stochastic depth on the residual branches only.
 
-    ``x = x + drop_path(attn(norm1(x)))``; ``x = x + drop_path(mlp(norm2(x)))``.
+    ``x = x + drop_path(attn(norm1(x)))``; ``x = x + drop_path(mlp(norm2(x)))``. ``drop``: the dropout after
+    the attention's projection and in the MLP; ``attn_kwargs``: the rest of :class:`Attention`'s arguments. A stage
+    builds its blocks as ``Block(**cvt.core.config.block_args(stage, rate, activation, eps))``.
     """
 
     def __init__(
@@ -254,7 +251,7 @@ class Block(nn.Module):
         dim: int,
         num_heads: int,
         mlp_ratio: float = 4.0,
-        drop_path: float = 0.0,
+        drop_path_rate: float = 0.0,
         drop: float = 0.0,
         activation: str = "quick_gelu",
         eps: float = 1e-5,
@@ -263,7 +260,7 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, proj_drop=drop, **attn_kwargs)  # type: ignore[arg-type]
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path_rate)
         self.norm2 = LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), make_activation(activation), drop)
 

@@ -23,9 +23,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 if TYPE_CHECKING:
-    from .weights import LoadReport
+    from ..core.loading import FitReport
 
-from ..core.config import CvTConfig, StageConfig, feature_indices
+from ..core.config import CvTConfig, StageConfig, block_args, feature_indices
 from ..core.errors import UsageError
 from ..core.presets import default_spec
 from ..core.spec import PretrainedSpec
@@ -38,7 +38,8 @@ __all__ = ["CvT", "CvTStage", "count_parameters"]
 class CvTStage(nn.Module):
     """Convolutional token embedding + ``depth`` blocks (+ optional cls token).
 
-    ``(B, C_in, H_in, W_in)`` -> tokens ``(B, N, C)`` (cls first, if any) and their map ``(B, C, H, W)``.
+    ``(B, C_in, H_in, W_in)`` -> tokens ``(B, N, C)`` (cls first, if any) and their map ``(B, C, H, W)``: the stage
+    contract of every front-end (Keras and Flax return the same pair, with channels-last maps).
     """
 
     def __init__(self, cfg: StageConfig, in_chans: int, activation: str, eps: float):
@@ -46,28 +47,7 @@ class CvTStage(nn.Module):
         self.patch_embed = ConvEmbed(in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_stride, cfg.patch_padding, eps)
         self.pos_drop = nn.Dropout(cfg.drop_rate)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.cls_token else None
-        self.blocks = nn.ModuleList(
-            Block(
-                cfg.embed_dim,
-                cfg.num_heads,
-                mlp_ratio=cfg.mlp_ratio,
-                drop_path=rate,
-                drop=cfg.drop_rate,
-                activation=activation,
-                eps=eps,
-                qkv_bias=cfg.qkv_bias,
-                attn_drop=cfg.attn_drop_rate,
-                q_method=cfg.q_method,
-                kv_method=cfg.qkv_proj_method,
-                kernel_size=cfg.kernel_qkv,
-                stride_q=cfg.stride_q,
-                stride_kv=cfg.stride_kv,
-                padding_q=cfg.padding_q,
-                padding_kv=cfg.padding_kv,
-                with_cls_token=cfg.cls_token,
-            )
-            for rate in cfg.drop_path_rates()
-        )
+        self.blocks = nn.ModuleList(Block(**block_args(cfg, rate, activation, eps)) for rate in cfg.drop_path_rates())
         self.grad_checkpointing = False
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -104,7 +84,7 @@ class CvT(nn.Module):
         super().__init__()
         self.config = config
         self.pretrained_cfg: PretrainedSpec = default_spec(config)  # preprocessing, labels (create_model: the file's)
-        self.load_report: LoadReport | None = None  # what loading weights found (set by create_model)
+        self.load_report: FitReport | None = None  # what loading weights found (set by create_model)
         self.fused = False  # True after cvt.fuse: an inference-only rewrite that refuses .train()
         stages, in_chans = [], config.in_chans
         for s in config.stages:
@@ -132,7 +112,7 @@ class CvT(nn.Module):
 
     @property
     def has_cls_token(self) -> bool:
-        return self.config.stages[-1].cls_token
+        return self.config.has_cls_token
 
     @property
     def feature_info(self) -> list[dict[str, Any]]:
@@ -323,4 +303,6 @@ class CvT(nn.Module):
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """The parameters of a built module (only those that train, by default). For a :class:`CvTConfig` without
+    building the model: :func:`cvt.count_params` (``cvt.core.macs``); the two agree on every CvT."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

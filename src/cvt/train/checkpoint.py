@@ -41,8 +41,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     payload = {"format": FORMAT, "version": VERSION, **payload}
 
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            sink = _KeepWriteError(f)
+        with open(tmp, "wb") as file:
+            sink = _KeepWriteError(file)
             try:
                 torch.save(payload, sink)
             except RuntimeError:
@@ -58,38 +58,38 @@ class _KeepWriteError:
     exception of a write into ``RuntimeError: [enforce fail ...] unexpected pos``, losing a full disk's
     ``OSError`` (ENOSPC, EFBIG) and a ``KeyboardInterrupt`` that arrived during the write."""
 
-    def __init__(self, f: BinaryIO):
-        self.f = f
+    def __init__(self, file: BinaryIO):
+        self.file = file
         self.error: BaseException | None = None
 
     def write(self, data: Any) -> int:
         try:
-            return self.f.write(data)
+            return self.file.write(data)
         except BaseException as e:  # kept, and re-raised as itself by save_checkpoint
             self.error = self.error or e
             raise
 
     def flush(self) -> None:
-        self.f.flush()
+        self.file.flush()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable file gets the same one-line message
         raise CheckpointError(f"{path}: not a readable training checkpoint ({first_line(e)})") from None
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cvt-torch training checkpoint")
-    if ck.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path}: written by a newer cvt-torch (checkpoint version {ck['version']})")
-    return ck
+    if saved.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: written by a newer cvt-torch (checkpoint version {saved['version']})")
+    return saved
 
 
 def find_last(out_dir: str | Path) -> Path | None:
     """The checkpoint ``--resume`` continues from, if the run directory has one."""
-    p = Path(out_dir) / LAST
-    return p if p.is_file() else None
+    path = Path(out_dir) / LAST
+    return path if path.is_file() else None
 
 
 def capture_rng() -> dict[str, Any]:

@@ -26,17 +26,16 @@ from typing import Any, ClassVar
 
 import yaml
 
-from ..core.config import CvTConfig
-from ..core.errors import ConfigError, UnknownModelError
+from ..core.config import ACTIVATIONS, CvTConfig
+from ..core.errors import ConfigError
 from ..core.presets import get_checkpoint, get_config, list_models
+from ..core.spec import INTERPOLATIONS
 from ..data.augment import RandAugment
 
 DATA_KINDS = ("digits", "folder", "list")
 OPTIMIZERS = ("adamw", "sgd")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
-ACTIVATIONS = ("quick_gelu", "gelu")
 
 
 class TrainConfigError(ConfigError):
@@ -61,11 +60,11 @@ def _within(value: Any, rule: str) -> bool:
         return rule.endswith(" or null")
     if isinstance(value, tuple):
         return all(_within(v, rule) for v in value)
-    m = _BOUND.fullmatch(rule)
-    if m[1]:
-        return value >= float(m[2]) if m[1] == ">=" else value > float(m[2])
-    lo, hi = float(m[4]), float(m[5])
-    return (lo <= value if m[3] == "[" else lo < value) and (value <= hi if m[6] == "]" else value < hi)
+    parts = _BOUND.fullmatch(rule)
+    if parts[1]:
+        return value >= float(parts[2]) if parts[1] == ">=" else value > float(parts[2])
+    low, high = float(parts[4]), float(parts[5])
+    return (low <= value if parts[3] == "[" else low < value) and (value <= high if parts[6] == "]" else value < high)
 
 
 def _bad(key: str, what: str, value: Any) -> TrainConfigError:
@@ -78,13 +77,13 @@ class _Section:
     key: ClassVar[str]
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value, key = getattr(self, f.name), f"{self.key}.{f.name}"
-            choices = f.metadata.get("choices")
+        for entry in dataclasses.fields(self):  # type: ignore[arg-type]
+            value, key = getattr(self, entry.name), f"{self.key}.{entry.name}"
+            choices = entry.metadata.get("choices")
             if choices and value is not None and value not in choices:
                 raise TrainConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
-            if "bound" in f.metadata and not _within(value, f.metadata["bound"]):
-                raise _bad(key, f.metadata["bound"], value)
+            if "bound" in entry.metadata and not _within(value, entry.metadata["bound"]):
+                raise _bad(key, entry.metadata["bound"], value)
 
 
 # ---------------------------------------------------------------------------- sections
@@ -253,6 +252,11 @@ class TrainConfig:
                 f"optim.accum_steps: {self.optim.accum_steps} does not divide data.batch_size {self.data.batch_size} "
                 "(the global batch is split into accum_steps micro-batches)"
             )
+        if self.augment.randaugment is not None and self.data.interpolation == "lanczos":
+            raise TrainConfigError(
+                "data.interpolation: lanczos cannot drive augment.randaugment's rotations and shears (PIL's affine "
+                "transforms take nearest, bilinear or bicubic); use bicubic, or no randaugment"
+            )
         self.resolve_model_config(num_classes=2)  # the architecture itself is valid at this img_size
 
     def to_dict(self) -> dict[str, Any]:
@@ -264,8 +268,8 @@ class TrainConfig:
         return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, width=200, allow_unicode=True)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        return _parse(cls, d, "")
+    def from_dict(cls, plain: Mapping[str, Any]) -> TrainConfig:
+        return _parse(cls, plain, "")
 
     def replace(self, **sections: Any) -> TrainConfig:
         return dataclasses.replace(self, **sections)
@@ -276,20 +280,19 @@ class TrainConfig:
 
     def resolve_model_config(self, num_classes: int) -> CvTConfig:
         """The architecture this recipe trains, with ``num_classes`` and the data's ``img_size``."""
-        m = self.model
-        try:
-            base = CvTConfig.from_dict(m.spec) if m.spec is not None else get_config(str(m.name))
-        except UnknownModelError:
-            raise TrainConfigError(
-                f"model.name: unknown model {m.name!r} (valid: {', '.join(list_models())})"
-            ) from None
-        except ConfigError as e:
-            raise TrainConfigError(f"model.spec.{e}") from None
+        model = self.model  # its name is a known one (ModelSection checks it)
+        if model.spec is None:
+            base = get_config(str(model.name))
+        else:
+            try:
+                base = CvTConfig.from_dict(model.spec)
+            except ConfigError as e:
+                raise TrainConfigError(f"model.spec.{e}") from None
         changes: dict[str, Any] = {"num_classes": num_classes, "img_size": self.data.img_size}
-        if m.activation is not None:
-            changes["activation"] = m.activation
-        if m.drop_path_rate is not None:
-            last = dataclasses.replace(base.stages[-1], drop_path_rate=m.drop_path_rate)
+        if model.activation is not None:
+            changes["activation"] = model.activation
+        if model.drop_path_rate is not None:
+            last = dataclasses.replace(base.stages[-1], drop_path_rate=model.drop_path_rate)
             changes["stages"] = (*base.stages[:-1], last)
         try:
             return base.replace(**changes)
@@ -313,20 +316,20 @@ _Dumper.add_representer(list, _flow_list)
 _EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
 
 
-def _parse(tp: Any, value: Any, key: str) -> Any:
-    """``value`` (as YAML spells it) as the annotation ``tp``; raises :class:`TrainConfigError` naming ``key``."""
-    if dataclasses.is_dataclass(tp):
+def _parse(annotation: Any, value: Any, key: str) -> Any:
+    """``value`` (as YAML spells it) as the type ``annotation``; raises :class:`TrainConfigError` naming ``key``."""
+    if dataclasses.is_dataclass(annotation):
         if value is None:
             value = {}
         if not isinstance(value, Mapping):
             raise TrainConfigError(f"{key or 'config'}: expected a mapping, got {type(value).__name__} {value!r}")
-        names = [f.name for f in dataclasses.fields(tp)]
+        names = [f.name for f in dataclasses.fields(annotation)]
         unknown = [k for k in value if k not in names]
         if unknown:
             raise TrainConfigError(f"{key + '.' if key else ''}{unknown[0]}: unknown key (valid: {', '.join(names)})")
-        hints = typing.get_type_hints(tp)
-        return tp(**{k: _parse(hints[k], v, f"{key + '.' if key else ''}{k}") for k, v in value.items()})
-    origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
+        hints = typing.get_type_hints(annotation)
+        return annotation(**{k: _parse(hints[k], v, f"{key + '.' if key else ''}{k}") for k, v in value.items()})
+    origin, args = typing.get_origin(annotation) or annotation, typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):  # `X | None`, the only unions in the sections
         return None if value is None else _parse(args[0], value, key)
     if origin is tuple:
@@ -376,35 +379,35 @@ def load_config(
     set ``schedule.warmup_epochs`` warms up for half its length instead; ``echo`` gets that notice.
     """
     if isinstance(source, TrainConfig):
-        raw = source.to_dict()
+        plain = source.to_dict()
     elif source is None:
-        raw = {}
+        plain = {}
     elif isinstance(source, Mapping):
-        raw = _plain(dict(source))
+        plain = _plain(dict(source))
     else:
         path = Path(source)
         if not path.is_file():
             raise TrainConfigError(f"--config: {path}: no such file")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            plain = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise TrainConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
-        if not isinstance(raw, dict):
-            raise TrainConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+        if not isinstance(plain, dict):
+            raise TrainConfigError(f"{path}: expected a mapping of sections, got {type(plain).__name__}")
     for item in overrides:
-        apply_override(raw, item)
-    schedule = raw.get("schedule")
+        apply_override(plain, item)
+    schedule = plain.get("schedule")
     epochs = schedule.get("epochs") if isinstance(schedule, dict) else None
     default = ScheduleSection.warmup_epochs
     if type(epochs) is int and 1 <= epochs <= default and "warmup_epochs" not in schedule:
         schedule["warmup_epochs"] = epochs / 2
         if echo is not None:
             echo(f"note: schedule.warmup_epochs: {epochs / 2:g} (half the run) instead of the default {default:g}")
-    return TrainConfig.from_dict(raw)
+    return TrainConfig.from_dict(plain)
 
 
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set ``raw[a][b] = value`` for ``"a.b=value"`` (in place)."""
+def apply_override(plain: dict[str, Any], item: str) -> None:
+    """Set ``plain[a][b] = value`` for ``"a.b=value"`` (in place; ``plain``: a recipe as plain mappings)."""
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -414,13 +417,13 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     except yaml.YAMLError:
         value = text
     parts = key.split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
+    node = plain
+    for depth, part in enumerate(parts[:-1], start=1):
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise TrainConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+            raise TrainConfigError(f"--set {key}: {'.'.join(parts[:depth])} is not a section")
         node = child
     node[parts[-1]] = value
 
@@ -430,11 +433,11 @@ def validate(cfg: TrainConfig, check_paths: bool = False) -> None:
     TrainConfig.from_dict(cfg.to_dict())
     if not check_paths:
         return
-    d = cfg.data
+    data = cfg.data
     if cfg.model.weights is not None and not Path(cfg.model.weights).expanduser().exists():
         raise TrainConfigError(f"model.weights: {cfg.model.weights}: no such file or directory")
-    if d.kind == "folder":
-        root = Path(str(d.root)).expanduser()
+    if data.kind == "folder":
+        root = Path(str(data.root)).expanduser()
         if not root.is_dir():
             raise TrainConfigError(f"data.root: {root} is not a directory")
         for split in ("train", "val"):
@@ -443,11 +446,11 @@ def validate(cfg: TrainConfig, check_paths: bool = False) -> None:
                     f"data.root: {root} has no {split}/ folder (expected {root}/train/<class>/... and "
                     f"{root}/val/<class>/...)"
                 )
-    elif d.kind == "list":
+    elif data.kind == "list":
         for name in ("train", "val"):
-            p = Path(str(getattr(d, name))).expanduser()
-            if not p.is_file():
-                raise TrainConfigError(f"data.{name}: {p}: no such file")
+            path = Path(str(getattr(data, name))).expanduser()
+            if not path.is_file():
+                raise TrainConfigError(f"data.{name}: {path}: no such file")
 
 
 def default_out_dir(cfg: TrainConfig, config_path: str | Path | None = None) -> Path:

@@ -54,11 +54,11 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum ``t`` over all processes, in place."""
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum ``tensor`` over all processes, in place."""
     if info.enabled:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
 
 
 def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
@@ -73,8 +73,8 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
 def broadcast_buffers(model: torch.nn.Module, info: DistInfo) -> None:
     """Give every process rank 0's buffers (BatchNorm statistics) so all evaluate the same model."""
     if info.enabled:
-        for b in model.buffers():
-            dist.broadcast(b, src=0)
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def barrier(info: DistInfo) -> None:

@@ -17,20 +17,20 @@ class ModelEma:
 
     def __init__(self, model: nn.Module, decay: float):
         self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
+        for param in self.module.parameters():
+            param.requires_grad_(False)
         self.decay = decay
         self.updates = 0
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for e, m in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if e.dtype.is_floating_point:
-                e.lerp_(m.detach(), 1.0 - d)
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for average, current in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if average.dtype.is_floating_point:
+                average.lerp_(current.detach(), 1.0 - decay)
             else:
-                e.copy_(m)
+                average.copy_(current)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}

@@ -8,6 +8,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from enum import IntEnum
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,16 @@ Batch = tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]  # images, labe
 
 class TrainingDiverged(CvtError, RuntimeError):
     """The loss became NaN or infinite; the run stopped without writing anything after the last good epoch."""
+
+
+class StepSum(IntEnum):
+    """The slots of the small vector each optimizer step sums over its micro-batches and reduces over processes once."""
+
+    LOSS = 0  # sum of per-sample losses
+    CORRECT = 1  # argmax == original label
+    IMAGES = 2
+    SKIPPED = 3  # unreadable files met
+    NON_FINITE = 4  # 1 when this process's loss sum is NaN or infinite
 
 
 def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
@@ -54,55 +65,57 @@ def train_one_epoch(
 ) -> EpochStats:
     """Train epoch ``state.epoch`` from its optimizer step ``state.step_in_epoch`` to its end.
 
-    ``loader`` yields ``accum_steps`` micro-batches per optimizer step: ``(x (b, 3, H, W), y (b,), skipped)``,
+    ``loader`` yields ``accum_steps`` micro-batches per optimizer step: ``(images (b, 3, H, W), labels (b,), skipped)``,
     ``skipped`` the ``(path, message)`` pairs of the unreadable files met (counted once each per epoch).
     ``state.step`` (global optimizer steps so far) drives the LR schedule and the per-step seeds; ``state.sums``
     holds what a resumed epoch had measured. ``on_step(step, step_in_epoch, stats)`` runs after every optimizer
     step (mid-epoch checkpoints). Returns the whole epoch's stats, summed over processes. Raises
     :class:`TrainingDiverged` on a NaN/inf loss, before the weights are updated.
     """
-    t, run, accum = trainer, trainer.cfg.run, trainer.cfg.optim.accum_steps
+    run, accum = trainer.cfg.run, trainer.cfg.optim.accum_steps
     epoch, step = state.epoch, state.step
     stats = dataclasses.replace(state.sums, skipped_files={**state.sums.skipped_files})
     batches = iter(loader)
-    t.forward.train()
-    bar = _progress_bar(run.progress and t.dist.is_main, t.steps_per_epoch, state.step_in_epoch, epoch)
+    trainer.wrapped.train()
+    bar = _progress_bar(run.progress and trainer.dist.is_main, trainer.steps_per_epoch, state.step_in_epoch, epoch)
     with bar or contextlib.nullcontext():
-        for k in range(state.step_in_epoch, t.steps_per_epoch):
-            t0 = time.perf_counter()
-            lr = t.lr(step)
-            set_lr(t.optimizer, lr)
-            manual_seed(step_seed(run.seed, epoch, step, t.dist.rank), t.device)
-            # One small vector reduced once per step: loss sum, correct, images, skipped, non-finite flag.
-            sums = torch.zeros(5, dtype=torch.float64, device=t.device)
+        for step_in_epoch in range(state.step_in_epoch, trainer.steps_per_epoch):
+            started = time.perf_counter()
+            lr = trainer.lr(step)
+            set_lr(trainer.optimizer, lr)
+            manual_seed(step_seed(run.seed, epoch, step, trainer.dist.rank), trainer.device)
+            sums = torch.zeros(len(StepSum), dtype=torch.float64, device=trainer.device)
             skipped: list[tuple[str, str]] = []
-            for a in range(accum):
-                x, y, bad = _next_batch(batches)
-                skipped += bad
-                per_sample, logits, y = _forward_backward(t, x, y, [run.seed, epoch, step, a, 0x313], a == accum - 1)
-                sums[0] += per_sample.sum().double()
-                sums[1] += (logits.argmax(dim=1) == y).sum()
-                sums[2] += y.numel()
-                sums[3] += len(bad)
-            sums[4] = (~torch.isfinite(sums[0])).double()
-            all_reduce_sum(sums, t.dist)
-            if sums[4] > 0:
+            for micro in range(accum):
+                images, labels, unreadable = _next_batch(batches)
+                skipped += unreadable
+                mix_seed = [run.seed, epoch, step, micro, 0x313]
+                per_sample, logits, labels = _forward_backward(trainer, images, labels, mix_seed, micro == accum - 1)
+                sums[StepSum.LOSS] += per_sample.sum().double()
+                sums[StepSum.CORRECT] += (logits.argmax(dim=1) == labels).sum()
+                sums[StepSum.IMAGES] += labels.numel()
+                sums[StepSum.SKIPPED] += len(unreadable)
+            sums[StepSum.NON_FINITE] = (~torch.isfinite(sums[StepSum.LOSS])).double()
+            all_reduce_sum(sums, trainer.dist)
+            total = sums.tolist()  # indexed by StepSum
+            mean_loss = total[StepSum.LOSS] / total[StepSum.IMAGES] if total[StepSum.IMAGES] else float("nan")
+            if total[StepSum.NON_FINITE] > 0:
                 raise TrainingDiverged(
-                    f"the loss became {float(sums[0] / sums[2]) if sums[2] else float('nan')} at epoch {epoch + 1}, "
-                    f"step {k + 1} (lr {lr:.3g}); stopped before updating the weights"
+                    f"the loss became {mean_loss} at epoch {epoch + 1}, step {step_in_epoch + 1} (lr {lr:.3g}); "
+                    "stopped before updating the weights"
                 )
-            _update(t)
+            _update(trainer)
             step += 1
-            if sums[3] > 0:  # rare: only then do processes exchange names (a file counts once, whoever met it)
-                stats.add_skipped(pair for names in all_gather_objects(skipped, t.dist) for pair in names)
-            dt = time.perf_counter() - t0
-            stats.add(*sums[:3].tolist(), seconds=dt)
+            if total[StepSum.SKIPPED] > 0:  # rare: only then do processes exchange names (a file counts once)
+                stats.add_skipped(pair for names in all_gather_objects(skipped, trainer.dist) for pair in names)
+            seconds = time.perf_counter() - started
+            stats.add(total[StepSum.LOSS], total[StepSum.CORRECT], total[StepSum.IMAGES], seconds=seconds)
             if bar is not None:
-                loss, images_per_s = float(sums[0] / sums[2]), float(sums[2]) / max(dt, 1e-9)
-                bar.set_postfix_str(f"loss {loss:.4f}  lr {lr:.2e}  {images_per_s:.0f} img/s", refresh=False)
+                images_per_s = total[StepSum.IMAGES] / max(seconds, 1e-9)
+                bar.set_postfix_str(f"loss {mean_loss:.4f}  lr {lr:.2e}  {images_per_s:.0f} img/s", refresh=False)
                 bar.update(1)
             if on_step is not None:
-                on_step(step, k + 1, stats)
+                on_step(step, step_in_epoch + 1, stats)
     return stats
 
 
@@ -118,39 +131,40 @@ def _next_batch(batches: Iterator[Batch]) -> Batch:
 
 
 def _forward_backward(
-    t: Trainer, x: torch.Tensor, y: torch.Tensor, mix_seed: list[int], sync: bool
+    trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, mix_seed: list[int], sync: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One micro-batch: forward, loss, backward (gradients all-reduced only when ``sync``).
 
     Returns ``(per-sample losses (b,), logits (b, K), labels (b,))``, detached, on the device.
     """
-    x, y = x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True)
-    if t.cfg.run.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    target, smoothing = y, t.cfg.augment.label_smoothing
-    if t.mixup is not None:  # one lam per global batch (seeded by the step, as timm draws one per batch)
-        x, target = t.mixup(x, y, np.random.default_rng(mix_seed))
+    images = images.to(trainer.device, non_blocking=True)
+    labels = labels.to(trainer.device, non_blocking=True)
+    if trainer.cfg.run.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    target, smoothing = labels, trainer.cfg.augment.label_smoothing
+    if trainer.mixup is not None:  # one lam per global batch (seeded by the step, as timm draws one per batch)
+        images, target = trainer.mixup(images, labels, np.random.default_rng(mix_seed))
         smoothing = 0.0  # already in the mixed (b, K) targets
-    model = t.forward
-    with contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync():
-        with torch.autocast(t.device.type, dtype=t.amp_dtype, enabled=t.amp_dtype is not None):
-            logits = model(x)
+    wrapped, amp_dtype = trainer.wrapped, trainer.amp_dtype
+    with contextlib.nullcontext() if sync or not hasattr(wrapped, "no_sync") else wrapped.no_sync():
+        with torch.autocast(trainer.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = wrapped(images)
         logits = logits.float()
         per_sample = F.cross_entropy(logits, target, reduction="none", label_smoothing=smoothing)
-        t.scaler.scale(per_sample.mean() / t.cfg.optim.accum_steps).backward()
-    return per_sample.detach(), logits.detach(), y
+        trainer.scaler.scale(per_sample.mean() / trainer.cfg.optim.accum_steps).backward()
+    return per_sample.detach(), logits.detach(), labels
 
 
-def _update(t: Trainer) -> None:
+def _update(trainer: Trainer) -> None:
     """The optimizer step: gradients unscaled (fp16) and clipped as configured, then the EMA follows."""
-    if t.cfg.optim.clip_grad is not None:
-        t.scaler.unscale_(t.optimizer)
-        nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.optim.clip_grad)
-    t.scaler.step(t.optimizer)  # without fp16 the scaler is disabled: optimizer.step()
-    t.scaler.update()
-    t.optimizer.zero_grad(set_to_none=True)
-    if t.ema is not None:
-        t.ema.update(t.model)
+    if trainer.cfg.optim.clip_grad is not None:
+        trainer.scaler.unscale_(trainer.optimizer)
+        nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.cfg.optim.clip_grad)
+    trainer.scaler.step(trainer.optimizer)  # without fp16 the scaler is disabled: optimizer.step()
+    trainer.scaler.update()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    if trainer.ema is not None:
+        trainer.ema.update(trainer.model)
 
 
 def _progress_bar(enabled: bool, total: int, initial: int, epoch: int) -> Any:

@@ -7,22 +7,21 @@ import math
 import torch
 from torch import nn
 
+from ..core.optim import decays
+
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: decayed weights, and the rest with ``weight_decay=0``.
 
-    No decay, as in the official code: every bias, every norm parameter (LayerNorm / BatchNorm: all 1-d) and
-    the names in ``model.no_weight_decay()`` (the cls token). Depthwise convolution weights ARE decayed.
+    Which is which is the core's rule (:func:`cvt.core.optim.decays`: no decay on biases, norm parameters and
+    the cls token; depthwise convolution weights ARE decayed), plus the names in ``model.no_weight_decay()``.
     """
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
             continue
-        if p.ndim <= 1 or name.endswith(".bias") or name in skip or any(name.endswith("." + s) for s in skip):
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        (decay if decays(name, param.ndim, skip) else no_decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -59,10 +58,10 @@ def lr_at(
     """
     if step < warmup_steps:
         return warmup_lr + (base_lr - warmup_lr) * step / warmup_steps
-    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * t))
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for g in optimizer.param_groups:
-        g["lr"] = lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -14,14 +14,14 @@ from ..core.files import atomic_write
 log = logging.getLogger(__name__)
 
 
-def _figure(**kw: Any) -> Any:
+def _figure(**options: Any) -> Any:
     """A matplotlib ``Figure`` outside pyplot (no backend chosen, no global state), or None without matplotlib."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         log.warning("plots skipped: matplotlib is not installed (pip install 'cvt-models[train]')")
         return None
-    return Figure(**kw)
+    return Figure(**options)
 
 
 def learning_curve(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
@@ -53,31 +53,26 @@ def confusion_matrix(
     matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path, title: str = ""
 ) -> Path | None:
     """Rows: true class, columns: predicted; cells annotated with counts when there are few classes."""
-    m = np.asarray(matrix, dtype=np.int64)
-    k = m.shape[0]
-    size = min(12.0, max(4.0, 0.45 * k))
+    counts = np.asarray(matrix, dtype=np.int64)
+    num_classes = counts.shape[0]
+    size = min(12.0, max(4.0, 0.45 * num_classes))
     fig = _figure(figsize=(size + 1, size))
     if fig is None:
         return None
     ax = fig.subplots()
-    im = ax.imshow(m, cmap="Blues")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    if k <= 30:
-        ax.set_xticks(range(k), [str(c)[:12] for c in classes], rotation=90 if k > 10 else 0)
-        ax.set_yticks(range(k), [str(c)[:12] for c in classes])
-        hi = m.max() if m.size else 0
-        for i in range(k):
-            for j in range(k):
-                if m[i, j]:
-                    ax.text(
-                        j,
-                        i,
-                        str(m[i, j]),
-                        ha="center",
-                        va="center",
-                        fontsize=8,
-                        color="white" if m[i, j] > hi / 2 else "black",
-                    )
+    image = ax.imshow(counts, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if num_classes <= 30:
+        names = [str(c)[:12] for c in classes]
+        ax.set_xticks(range(num_classes), names, rotation=90 if num_classes > 10 else 0)
+        ax.set_yticks(range(num_classes), names)
+        largest = counts.max() if counts.size else 0
+        for true in range(num_classes):
+            for predicted in range(num_classes):
+                count = counts[true, predicted]
+                if count:
+                    color = "white" if count > largest / 2 else "black"
+                    ax.text(predicted, true, str(count), ha="center", va="center", fontsize=8, color=color)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
     fig.tight_layout()
     return _save(fig, path)

@@ -39,12 +39,12 @@ from torch import nn
 
 from ..core.config import CvTConfig
 from ..core.files import atomic_write
-from ..data.datasets import DigitsImages
+from ..data.sources import DigitsImages
 from ..eval import evaluate
 from ..torch.weights import save_native
-from . import checkpoint as ckpt
 from . import distributed
 from .baseline import svc_baseline
+from .checkpoint import BEST, LAST, capture_rng, find_last, load_checkpoint, save_checkpoint
 from .config import TrainConfig, default_out_dir, load_config
 from .loop import TrainingDiverged, train_one_epoch
 from .trainer import EpochStats, Trainer, TrainError, TrainState, check_out, setup, tensorboard_writer
@@ -135,39 +135,39 @@ def fit(
     notes: list[str] = []
     cfg = _resolved(config, overrides, out, notes)
     with _process_group():
-        t = setup(cfg, out=cfg.run.out, resume=resume, overwrite=overwrite, model=model, echo=echo)
+        trainer = setup(cfg, out=cfg.run.out, resume=resume, overwrite=overwrite, model=model, echo=echo)
         last = _LastCheckpoint()
         try:
-            return _train(t, cfg, notes, resume, last)
+            return _train(trainer, cfg, notes, resume, last)
         except KeyboardInterrupt:
-            raise TrainInterrupted(_interrupted(t, last, config, overrides)) from None
+            raise TrainInterrupted(_interrupted(trainer, last, config, overrides)) from None
 
 
-def _train(t: Trainer, cfg: TrainConfig, notes: list[str], resume: bool, last: _LastCheckpoint) -> FitResult:
+def _train(trainer: Trainer, cfg: TrainConfig, notes: list[str], resume: bool, last: _LastCheckpoint) -> FitResult:
     for note in notes:
-        t.echo(note)
-    with _process_settings(t):
-        state = _restore(t, last) if t.resume_from is not None else TrainState()
-        if resume and t.resume_from is None:
-            t.echo(f"no checkpoint in {t.out}: starting a fresh run")
-        if t.dist.is_main:
+        trainer.echo(note)
+    with _process_settings(trainer):
+        state = _restore(trainer, last) if trainer.resume_from is not None else TrainState()
+        if resume and trainer.resume_from is None:
+            trainer.echo(f"no checkpoint in {trainer.out}: starting a fresh run")
+        if trainer.dist.is_main:
             text = "# resolved recipe written by cvt train; run it again with: cvt train --config THIS_FILE\n"
-            atomic_write(t.out / "config.yaml", lambda tmp: tmp.write_text(text + cfg.to_yaml()))
-        _announce(t)
-        with _tensorboard(t) as tb, _name_last_good_checkpoint(t):
-            t_run, first = time.perf_counter(), state.epoch
+            atomic_write(trainer.out / "config.yaml", lambda tmp: tmp.write_text(text + cfg.to_yaml()))
+        _announce(trainer)
+        with _tensorboard(trainer) as writer, _name_last_good_checkpoint(trainer):
+            started, first = time.perf_counter(), state.epoch
             for epoch in range(state.epoch, cfg.schedule.epochs):
-                t.sampler.set_epoch(epoch, state.step_in_epoch)
-                on_step = functools.partial(_mid_epoch, t, state, last)
-                stats = train_one_epoch(t, state, t.train_loader, on_step=on_step)
-                record = _record(t, state, stats)
+                trainer.sampler.set_epoch(epoch, state.step_in_epoch)
+                on_step = functools.partial(_mid_epoch, trainer, state, last)
+                stats = train_one_epoch(trainer, state, trainer.train_loader, on_step=on_step)
+                record = _record(trainer, state, stats)
                 state = state.end_epoch(record, stats)
-                _save(t, ckpt.LAST, state, last)
+                _save(trainer, LAST, state, last)
                 if state.best_epoch == epoch + 1:
-                    _save(t, ckpt.BEST, state)
-                    _export(t, "best.safetensors")
-                _log(t, state.history, tb, stats, time.perf_counter() - t_run, epoch + 1 - first)
-        return _finish(t, state)
+                    _save(trainer, BEST, state)
+                    _export(trainer, "best.safetensors")
+                _log(trainer, state.history, writer, stats, time.perf_counter() - started, epoch + 1 - first)
+        return _finish(trainer, state)
 
 
 def dry_run(
@@ -188,34 +188,34 @@ def dry_run(
     notes: list[str] = []
     cfg = _resolved(config, overrides, out, notes)
     with _process_group():
-        t = setup(cfg, out=cfg.run.out, resume=resume, overwrite=overwrite, echo=notes.append, dry_run=True)
-        if t.resume_from is not None:
-            _restore(t, _LastCheckpoint(), write=False)  # a checkpoint for another model or data fails here too
-    name = t.model_config.name if t.model_config is not None else "model"
-    d = t.data
-    ok = f"# ok: {name}, {len(d.train)} training / {len(d.val)} validation images, {len(d.classes)} classes"
-    return "\n".join([cfg.to_yaml().rstrip("\n"), *(f"# {n}" for n in [*notes, _out_note(t)]), ok])
+        trainer = setup(cfg, out=cfg.run.out, resume=resume, overwrite=overwrite, echo=notes.append, dry_run=True)
+        if trainer.resume_from is not None:
+            _restore(trainer, _LastCheckpoint(), write=False)  # a checkpoint for another model or data fails here too
+    name = trainer.model_config.name if trainer.model_config is not None else "model"
+    data = trainer.data
+    ok = f"# ok: {name}, {len(data.train)} training / {len(data.val)} validation images, {len(data.classes)} classes"
+    return "\n".join([cfg.to_yaml().rstrip("\n"), *(f"# {n}" for n in [*notes, _out_note(trainer)]), ok])
 
 
-def _out_note(t: Trainer) -> str:
+def _out_note(trainer: Trainer) -> str:
     """What a real start would do with the run directory."""
-    if t.resume_from is not None:
-        return f"out: {t.out}: would resume from {t.resume_from}"
-    held = check_out(t.out, overwrite=True)  # setup let them pass: --overwrite, or --resume without a checkpoint
+    if trainer.resume_from is not None:
+        return f"out: {trainer.out}: would resume from {trainer.resume_from}"
+    held = check_out(trainer.out, overwrite=True)  # setup let them pass: --overwrite, or --resume without a checkpoint
     if held:
-        return f"out: {t.out}: would remove the earlier run's files ({', '.join(held)})"
-    return f"out: {t.out}: a new run"
+        return f"out: {trainer.out}: would remove the earlier run's files ({', '.join(held)})"
+    return f"out: {trainer.out}: a new run"
 
 
-def _interrupted(t: Trainer, last: _LastCheckpoint, config: Recipe, overrides: Sequence[str]) -> str:
+def _interrupted(trainer: Trainer, last: _LastCheckpoint, config: Recipe, overrides: Sequence[str]) -> str:
     """The one line for Ctrl-C: where the run can continue from, and the exact command that continues it."""
     words = ["cvt", "train"]
     if config is None or isinstance(config, (str, os.PathLike)):
         words += ["--config", os.fspath(config)] if config is not None else []
         words += [w for o in overrides for w in ("--set", o)]
     else:  # a recipe given as Python objects: the resolved copy the run wrote
-        words += ["--config", str(t.out / "config.yaml")]
-    command = shlex.join([*words, "--out", str(t.out), "--resume"])
+        words += ["--config", str(trainer.out / "config.yaml")]
+    command = shlex.join([*words, "--out", str(trainer.out), "--resume"])
     last.settle()
     if last.path is None:
         return f"interrupted before the first checkpoint (nothing to resume); start again with: {command}"
@@ -242,14 +242,14 @@ def _process_group() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _process_settings(t: Trainer) -> Iterator[None]:
+def _process_settings(trainer: Trainer) -> Iterator[None]:
     """``run.threads`` and cuDNN autotuning for the run; those and the torch generators restored afterwards."""
     threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
     try:
-        with torch.random.fork_rng(devices=[t.device] if t.device.type == "cuda" else []):
-            if t.cfg.run.threads:
-                torch.set_num_threads(t.cfg.run.threads)
-            torch.backends.cudnn.benchmark = t.device.type == "cuda" or benchmark
+        with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
+            if trainer.cfg.run.threads:
+                torch.set_num_threads(trainer.cfg.run.threads)
+            torch.backends.cudnn.benchmark = trainer.device.type == "cuda" or benchmark
             yield
     finally:
         torch.set_num_threads(threads)
@@ -257,49 +257,50 @@ def _process_settings(t: Trainer) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _tensorboard(t: Trainer) -> Iterator[Any]:
+def _tensorboard(trainer: Trainer) -> Iterator[Any]:
     """A TensorBoard writer on rank 0 with ``run.tensorboard`` (else None), closed at the end."""
-    tb = tensorboard_writer()(str(t.out / "tensorboard")) if t.cfg.run.tensorboard and t.dist.is_main else None
+    wanted = trainer.cfg.run.tensorboard and trainer.dist.is_main
+    writer = tensorboard_writer()(str(trainer.out / "tensorboard")) if wanted else None
     try:
-        yield tb
+        yield writer
     finally:
-        if tb is not None:
-            tb.close()
+        if writer is not None:
+            writer.close()
 
 
 @contextlib.contextmanager
-def _name_last_good_checkpoint(t: Trainer) -> Iterator[None]:
+def _name_last_good_checkpoint(trainer: Trainer) -> Iterator[None]:
     """A diverged run's message says where its last good checkpoint is and what to try."""
     try:
         yield
     except TrainingDiverged as e:
-        good = ckpt.find_last(t.out)
+        good = find_last(trainer.out)
         where = f"the last good checkpoint is {good}" if good else "no checkpoint had been written yet"
         raise TrainingDiverged(f"{e}; {where}. Try a lower optim.lr, optim.clip_grad, or run.amp: off / bf16") from None
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def _save(t: Trainer, name: str, state: TrainState, last: _LastCheckpoint | None = None) -> None:
+def _save(trainer: Trainer, name: str, state: TrainState, last: _LastCheckpoint | None = None) -> None:
     """Checkpoint ``name`` (rank 0); ``last`` notes it once it is whole on disk."""
     if last is not None:
-        last.writing = (t.out / name, _at(state), _inode(t.out / name))
-    if t.dist.is_main:
-        ckpt.save_checkpoint(
-            t.out / name,
+        last.writing = (trainer.out / name, _at(state), _inode(trainer.out / name))
+    if trainer.dist.is_main:
+        save_checkpoint(
+            trainer.out / name,
             {
-                "model": t.model.state_dict(),
-                "optimizer": t.optimizer.state_dict(),
-                "scaler": t.scaler.state_dict(),
-                "ema": t.ema.state_dict() if t.ema is not None else None,
+                "model": trainer.model.state_dict(),
+                "optimizer": trainer.optimizer.state_dict(),
+                "scaler": trainer.scaler.state_dict(),
+                "ema": trainer.ema.state_dict() if trainer.ema is not None else None,
                 "state": json.loads(json.dumps(state.to_dict())),  # plain types only: loadable with weights_only=True
-                "rng": ckpt.capture_rng(),
-                "config": t.cfg.to_dict(),
-                "model_config": t.model_config.to_dict() if t.model_config is not None else None,
-                "classes": list(t.data.classes),
+                "rng": capture_rng(),
+                "config": trainer.cfg.to_dict(),
+                "model_config": trainer.model_config.to_dict() if trainer.model_config is not None else None,
+                "classes": list(trainer.data.classes),
             },
         )
     if last is not None:
-        last.path, last.at, last.writing = t.out / name, _at(state), None
+        last.path, last.at, last.writing = trainer.out / name, _at(state), None
 
 
 def _at(state: TrainState) -> str:
@@ -311,57 +312,60 @@ def _at(state: TrainState) -> str:
     )
 
 
-def _mid_epoch(t: Trainer, state: TrainState, last: _LastCheckpoint, step: int, k: int, stats: EpochStats) -> None:
+def _mid_epoch(
+    trainer: Trainer, state: TrainState, last: _LastCheckpoint, step: int, step_in_epoch: int, stats: EpochStats
+) -> None:
     """Every ``run.checkpoint_every_steps`` optimizer steps inside an epoch: ``last.pt`` at that point."""
-    every = t.cfg.run.checkpoint_every_steps
-    if every and k % every == 0 and k < t.steps_per_epoch:
-        _save(t, ckpt.LAST, dataclasses.replace(state, step=step, step_in_epoch=k, sums=stats), last)
+    every = trainer.cfg.run.checkpoint_every_steps
+    if every and step_in_epoch % every == 0 and step_in_epoch < trainer.steps_per_epoch:
+        now = dataclasses.replace(state, step=step, step_in_epoch=step_in_epoch, sums=stats)
+        _save(trainer, LAST, now, last)
 
 
-def _export(t: Trainer, name: str) -> None:
+def _export(trainer: Trainer, name: str) -> None:
     """The validated weights as a cvt-torch file that carries the architecture, class names and preprocessing."""
-    if t.dist.is_main and t.model_config is not None:
-        save_native(t.eval_model.state_dict(), t.model_config, t.out / name, t.spec)
+    if trainer.dist.is_main and trainer.model_config is not None:
+        save_native(trainer.eval_model.state_dict(), trainer.model_config, trainer.out / name, trainer.spec)
 
 
-def _restore(t: Trainer, last: _LastCheckpoint, write: bool = True) -> TrainState:
-    """Load ``t.resume_from`` into the run's pieces (checking it fits the recipe and the data); ``write``: rewrite
+def _restore(trainer: Trainer, last: _LastCheckpoint, write: bool = True) -> TrainState:
+    """Load ``trainer.resume_from`` into the run's pieces (checking it fits the recipe and the data); ``write``: rewrite
     ``metrics.jsonl`` to what the checkpoint knows (the dry run writes nothing)."""
-    path = t.resume_from
-    ck = ckpt.load_checkpoint(path)
-    if ck.get("classes") != list(t.data.classes):
+    path = trainer.resume_from
+    saved = load_checkpoint(path)
+    if saved.get("classes") != list(trainer.data.classes):
         raise TrainError(f"{path}: the checkpoint's classes differ from the data's; use a new --out")
-    saved = CvTConfig.from_dict(ck["model_config"]) if ck.get("model_config") else None
-    if t.model_config is not None and saved is not None and saved != t.model_config:
+    saved_config = CvTConfig.from_dict(saved["model_config"]) if saved.get("model_config") else None
+    if trainer.model_config is not None and saved_config is not None and saved_config != trainer.model_config:
         raise TrainError(f"{path}: the checkpoint holds a different model than the recipe; use a new --out")
     ignored = ("run.out", "run.progress", "recipe.")
-    changed = [k for k in _diff(ck.get("config", {}), t.cfg.to_dict()) if not k.startswith(ignored)]
+    changed = [key for key in _diff(saved.get("config", {}), trainer.cfg.to_dict()) if not key.startswith(ignored)]
     if changed:
-        t.echo(f"note: resuming with recipe changes: {', '.join(changed[:8])}")
-    t.model.load_state_dict(ck["model"])
-    t.optimizer.load_state_dict(ck["optimizer"])
-    if ck.get("scaler"):
-        t.scaler.load_state_dict(ck["scaler"])
-    if t.ema is not None and ck.get("ema"):
-        t.ema.load_state_dict(ck["ema"])
-    state = TrainState.from_dict(ck["state"])
+        trainer.echo(f"note: resuming with recipe changes: {', '.join(changed[:8])}")
+    trainer.model.load_state_dict(saved["model"])
+    trainer.optimizer.load_state_dict(saved["optimizer"])
+    if saved.get("scaler"):
+        trainer.scaler.load_state_dict(saved["scaler"])
+    if trainer.ema is not None and saved.get("ema"):
+        trainer.ema.load_state_dict(saved["ema"])
+    state = TrainState.from_dict(saved["state"])
     last.path, last.at = path, _at(state)
     if not write:
         return state
-    t.echo(f"resumed from {path} at {last.at} (global step {state.step})")
-    if t.dist.is_main:  # the log may hold lines written after this checkpoint: rewrite it from the state
-        _write_metrics(t, state.history)
+    trainer.echo(f"resumed from {path} at {last.at} (global step {state.step})")
+    if trainer.dist.is_main:  # the log may hold lines written after this checkpoint: rewrite it from the state
+        _write_metrics(trainer, state.history)
     return state
 
 
 # ---------------------------------------------------------------------------- one epoch's numbers
-def _record(t: Trainer, state: TrainState, stats: EpochStats) -> dict[str, Any]:
+def _record(trainer: Trainer, state: TrainState, stats: EpochStats) -> dict[str, Any]:
     """The epoch's line in ``metrics.jsonl``: training numbers, and validation when it is due."""
-    epoch, step = state.epoch + 1, state.step + t.steps_per_epoch - state.step_in_epoch
+    epoch, step = state.epoch + 1, state.step + trainer.steps_per_epoch - state.step_in_epoch
     record: dict[str, Any] = {
         "epoch": epoch,
         "step": step,
-        "lr": t.lr(step - 1),
+        "lr": trainer.lr(step - 1),
         "train_loss": stats.loss / max(stats.images, 1),
         "train_top1": stats.correct / max(stats.images, 1),
         "train_images_per_s": stats.images / max(stats.seconds, 1e-9),
@@ -370,87 +374,92 @@ def _record(t: Trainer, state: TrainState, stats: EpochStats) -> dict[str, Any]:
     }
     if stats.skipped_files:
         record["skipped_files"] = list(stats.skipped_files)[:5]
-    if epoch % t.cfg.run.eval_every == 0 or epoch == t.cfg.schedule.epochs:
-        distributed.broadcast_buffers(t.eval_model, t.dist)
-        sum_over_processes = functools.partial(distributed.all_reduce_sum, info=t.dist)
-        res = evaluate(
-            t.eval_model,
-            t.val_loader,
-            len(t.data.classes),
-            device=t.device,
-            amp_dtype=t.amp_dtype,
-            channels_last=t.cfg.run.channels_last,
+    if epoch % trainer.cfg.run.eval_every == 0 or epoch == trainer.cfg.schedule.epochs:
+        distributed.broadcast_buffers(trainer.eval_model, trainer.dist)
+        sum_over_processes = functools.partial(distributed.all_reduce_sum, info=trainer.dist)
+        validation = evaluate(
+            trainer.eval_model,
+            trainer.val_loader,
+            len(trainer.data.classes),
+            device=trainer.device,
+            amp_dtype=trainer.amp_dtype,
+            channels_last=trainer.cfg.run.channels_last,
             all_reduce=sum_over_processes,
         )
-        record.update(val_loss=res["loss"], val_top1=res["top1"], val_top5=res["top5"], val_images=res["n"])
+        record.update(
+            val_loss=validation.loss, val_top1=validation.top1, val_top5=validation.top5, val_images=validation.n
+        )
     return record
 
 
-def _write_metrics(t: Trainer, history: list[dict[str, Any]]) -> None:
+def _write_metrics(trainer: Trainer, history: list[dict[str, Any]]) -> None:
     """``metrics.jsonl``, one line per epoch, rewritten whole (atomically: never a half line after a crash)."""
-    lines = "".join(json.dumps(h) + "\n" for h in history)
-    atomic_write(t.out / "metrics.jsonl", lambda tmp: tmp.write_text(lines))
+    lines = "".join(json.dumps(record) + "\n" for record in history)
+    atomic_write(trainer.out / "metrics.jsonl", lambda tmp: tmp.write_text(lines))
 
 
-def _log(t: Trainer, history: list[dict[str, Any]], tb: Any, stats: EpochStats, elapsed: float, done_here: int) -> None:
-    """``metrics.jsonl``, TensorBoard and the progress line for the epoch ``history[-1]`` describes."""
+def _log(
+    trainer: Trainer, history: list[dict[str, Any]], writer: Any, stats: EpochStats, elapsed: float, done_here: int
+) -> None:
+    """``metrics.jsonl``, TensorBoard (``writer``, or None) and the progress line for the epoch ``history[-1]``."""
     record = history[-1]
-    if t.dist.is_main:
-        _write_metrics(t, history)
-        for k, v in record.items():
-            if tb is not None and isinstance(v, (int, float)) and k != "epoch":
-                tb.add_scalar(k, v, record["epoch"])
-    epochs = t.cfg.schedule.epochs
+    if trainer.dist.is_main:
+        _write_metrics(trainer, history)
+        for key, value in record.items():
+            if writer is not None and isinstance(value, (int, float)) and key != "epoch":
+                writer.add_scalar(key, value, record["epoch"])
+    epochs = trainer.cfg.schedule.epochs
     eta = elapsed / max(done_here, 1) * (epochs - record["epoch"])
-    r = record
-    val = f"  val loss {r['val_loss']:.4f} top-1 {100 * r['val_top1']:.2f}%" if "val_top1" in r else ""
-    t.echo(
-        f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.4f} top-1 {100 * r['train_top1']:.1f}%{val}"
-        f"  lr {r['lr']:.2e}  {r['train_images_per_s']:.0f} img/s  {r['epoch_seconds']:.1f}s  eta {_fmt_time(eta)}"
+    val = f"  val loss {record['val_loss']:.4f} top-1 {100 * record['val_top1']:.2f}%" if "val_top1" in record else ""
+    trainer.echo(
+        f"epoch {record['epoch']:>3}/{epochs}  train loss {record['train_loss']:.4f} "
+        f"top-1 {100 * record['train_top1']:.1f}%{val}  lr {record['lr']:.2e}  "
+        f"{record['train_images_per_s']:.0f} img/s  {record['epoch_seconds']:.1f}s  eta {_fmt_time(eta)}"
     )
     if stats.skipped_files:
-        t.echo(f"  {_skipped(stats.skipped_files, ' this epoch')}")
+        trainer.echo(f"  {_skipped(stats.skipped_files, ' this epoch')}")
 
 
 # ---------------------------------------------------------------------------- start and end
-def _announce(t: Trainer) -> None:
-    cfg, info = t.cfg, t.dist
-    n_params = sum(p.numel() for p in t.model.parameters())
-    name = t.model_config.name if t.model_config else type(t.model).__name__
+def _announce(trainer: Trainer) -> None:
+    cfg, info = trainer.cfg, trainer.dist
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    name = trainer.model_config.name if trainer.model_config else type(trainer.model).__name__
     micro = cfg.data.batch_size // (info.world_size * cfg.optim.accum_steps)
-    amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16 + GradScaler"}[t.amp_dtype]
-    t.echo(
-        f"cvt train: {name} ({n_params / 1e6:.2f}M parameters) on {cfg.data.kind}: {len(t.data.train)} training / "
-        f"{len(t.data.val)} validation images, {len(t.data.classes)} classes"
+    amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16 + GradScaler"}[trainer.amp_dtype]
+    data = trainer.data
+    trainer.echo(
+        f"cvt train: {name} ({n_params / 1e6:.2f}M parameters) on {cfg.data.kind}: {len(data.train)} training / "
+        f"{len(data.val)} validation images, {len(data.classes)} classes"
     )
-    t.echo(
-        f"  {t.device} ({amp}), {info.world_size} process(es), global batch {cfg.data.batch_size} "
+    trainer.echo(
+        f"  {trainer.device} ({amp}), {info.world_size} process(es), global batch {cfg.data.batch_size} "
         f"({micro} x {info.world_size} process(es) x {cfg.optim.accum_steps} accumulation), "
-        f"lr {cfg.scaled_lr():.2e} ({cfg.optim.name}), {cfg.schedule.epochs} epochs x {t.steps_per_epoch} steps; "
-        f"out: {t.out}"
+        f"lr {cfg.scaled_lr():.2e} ({cfg.optim.name}), {cfg.schedule.epochs} epochs x {trainer.steps_per_epoch} steps; "
+        f"out: {trainer.out}"
     )
 
 
-def _finish(t: Trainer, state: TrainState) -> FitResult:
-    cfg, out = t.cfg, t.out
+def _finish(trainer: Trainer, state: TrainState) -> FitResult:
+    cfg, out = trainer.cfg, trainer.out
     baseline: dict[str, float] = {}
-    if t.dist.is_main and cfg.run.baseline and isinstance(t.data.train, DigitsImages):
-        baseline["svc_rbf_top1"] = svc_baseline(t.data.train, t.data.val)  # the very images the CvT saw
+    if trainer.dist.is_main and cfg.run.baseline and isinstance(trainer.data.train, DigitsImages):
+        baseline["svc_rbf_top1"] = svc_baseline(trainer.data.train, trainer.data.val)  # the very images the CvT saw
     result = FitResult(
         out_dir=out,
         history=state.history,
         best_top1=state.best,
         best_epoch=state.best_epoch,
         best_weights=(out / "best.safetensors") if (out / "best.safetensors").is_file() else None,
-        last_checkpoint=ckpt.find_last(out),
+        last_checkpoint=find_last(out),
         train_seconds=state.train_seconds,
         skipped_images=state.skipped_total,
         baseline=baseline,
         skipped_files=list(state.skipped_files),
     )
-    _export(t, "final.safetensors")  # the weights the run ended with
-    if t.dist.is_main:
-        name = t.model_config.name if t.model_config else type(t.model).__name__
+    _export(trainer, "final.safetensors")  # the weights the run ended with
+    if trainer.dist.is_main:
+        name = trainer.model_config.name if trainer.model_config else type(trainer.model).__name__
         curve = None
         if cfg.run.plots:
             from .plots import learning_curve  # matplotlib: the `train` extra
@@ -464,15 +473,15 @@ def _finish(t: Trainer, state: TrainState) -> FitResult:
             "train_seconds": result.train_seconds,
             "skipped_images": result.skipped_images,
             "skipped_files": result.skipped_files[:20],
-            "classes": list(t.data.classes),
+            "classes": list(trainer.data.classes),
             "model": name,
-            "parameters": sum(p.numel() for p in t.model.parameters()),
-            "processes": t.dist.world_size,
+            "parameters": sum(p.numel() for p in trainer.model.parameters()),
+            "processes": trainer.dist.world_size,
         }
         text = json.dumps(summary, indent=2) + "\n"
         atomic_write(out / "summary.json", lambda tmp: tmp.write_text(text))
-        t.echo(_table(state.history, result, out, curve, state.skipped_files))
-    distributed.barrier(t.dist)
+        trainer.echo(_table(state.history, result, out, curve, state.skipped_files))
+    distributed.barrier(trainer.dist)
     return result
 
 
@@ -486,19 +495,22 @@ def _skipped(files: dict[str, str], when: str = "") -> str:
     return f"{len(names)} unreadable file(s) skipped{when}: {shown}{more}"
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [k for key in sorted(set(a) | set(b)) for k in _diff(a.get(key), b.get(key), f"{prefix}{key}.")]
-    return [] if a == b else [prefix.rstrip(".")]
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested mappings."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [changed for key in keys for changed in _diff(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
 
 
 def _fmt_time(seconds: float) -> str:
-    s = round(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _table(
-    history: list[dict[str, Any]], res: FitResult, out: Path, curve: Path | None, skipped_files: dict[str, str]
+    history: list[dict[str, Any]], result: FitResult, out: Path, curve: Path | None, skipped_files: dict[str, str]
 ) -> str:
     rows = history if len(history) <= 12 else history[:3] + history[-8:]
     lines = [
@@ -506,30 +518,30 @@ def _table(
         f"{'epoch':>5} {'train loss':>10} {'train top-1':>11} {'val loss':>9} {'val top-1':>9} "
         f"{'val top-5':>9} {'lr':>9} {'time':>7}",
     ]
-    for i, h in enumerate(rows):
-        if len(history) > 12 and i == 3:
+    for row, record in enumerate(rows):
+        if len(history) > 12 and row == 3:
             lines.append(f"{'...':>5}")
-        v = (
-            f"{h['val_loss']:>9.4f} {100 * h['val_top1']:>8.2f}% {100 * h['val_top5']:>8.2f}%"
-            if "val_top1" in h
+        val = (
+            f"{record['val_loss']:>9.4f} {100 * record['val_top1']:>8.2f}% {100 * record['val_top5']:>8.2f}%"
+            if "val_top1" in record
             else f"{'-':>9} {'-':>9} {'-':>9}"
         )
         lines.append(
-            f"{h['epoch']:>5} {h['train_loss']:>10.4f} {100 * h['train_top1']:>10.2f}% {v} "
-            f"{h['lr']:>9.2e} {h['epoch_seconds']:>6.1f}s"
+            f"{record['epoch']:>5} {record['train_loss']:>10.4f} {100 * record['train_top1']:>10.2f}% {val} "
+            f"{record['lr']:>9.2e} {record['epoch_seconds']:>6.1f}s"
         )
-    if res.best_top1 is not None:
-        final = res.final.get("val_top1")
+    if result.best_top1 is not None:
+        final = result.final.get("val_top1")
         line = f"validation top-1: final {100 * final:.2f}%" if final is not None else "validation top-1:"
-        line += f", best {100 * res.best_top1:.2f}% (epoch {res.best_epoch})"
-        if "svc_rbf_top1" in res.baseline:
-            line += f"   |   scikit-learn SVC (RBF) on the same split: {100 * res.baseline['svc_rbf_top1']:.2f}%"
+        line += f", best {100 * result.best_top1:.2f}% (epoch {result.best_epoch})"
+        if "svc_rbf_top1" in result.baseline:
+            line += f"   |   scikit-learn SVC (RBF) on the same split: {100 * result.baseline['svc_rbf_top1']:.2f}%"
         lines.append(line)
     skipped = f"; {_skipped(skipped_files)}" if skipped_files else ""
-    lines.append(f"training time: {res.train_seconds:.1f} s over {len(history)} epochs{skipped}")
+    lines.append(f"training time: {result.train_seconds:.1f} s over {len(history)} epochs{skipped}")
     files = [
         p.name
-        for p in (res.best_weights, out / "final.safetensors", res.last_checkpoint, curve)
+        for p in (result.best_weights, out / "final.safetensors", result.last_checkpoint, curve)
         if p is not None and p.exists()
     ]
     lines.append(f"outputs in {out}/: {', '.join([*files, 'metrics.jsonl', 'summary.json', 'config.yaml'])}")

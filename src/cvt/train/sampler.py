@@ -48,16 +48,16 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         self.epoch, self.start_step = epoch, start_step
 
     def permutation(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.num_samples, generator=g)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_samples, generator=generator)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         perm = self.permutation(self.epoch).tolist()
-        g = self.global_batch
-        for s in range(self.start_step, self.steps_per_epoch):
-            mine = perm[s * g : (s + 1) * g][self.rank :: self.world_size]
-            for a in range(self.accum):
-                yield [(i, self.epoch) for i in mine[a * self.micro : (a + 1) * self.micro]]
+        size = self.global_batch
+        for step in range(self.start_step, self.steps_per_epoch):
+            mine = perm[step * size : (step + 1) * size][self.rank :: self.world_size]
+            for micro in range(self.accum):
+                yield [(i, self.epoch) for i in mine[micro * self.micro : (micro + 1) * self.micro]]
 
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.start_step) * self.accum

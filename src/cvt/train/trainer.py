@@ -24,16 +24,15 @@ from torch import nn
 from ..core.config import CvTConfig
 from ..core.errors import CvtError, UsageError, WriteError
 from ..core.files import TEMP_MARK, check_writable, remove_stale_temps
-from ..core.hub import download_checkpoint
-from ..core.presets import get_checkpoint
 from ..core.spec import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess, PretrainedSpec
 from ..data.augment import MixupCutmix, TrainTransform
-from ..data.datasets import DataBundle, EvalSet, TrainSet, build_sources, collate
+from ..data.datasets import EvalSet, TrainSet, collate
+from ..data.sources import DataBundle, build_sources
 from ..data.transforms import build_eval_transform
 from ..torch.factory import create_model
 from ..torch.runtime import resolve_device
-from . import checkpoint as ckpt
 from . import distributed
+from .checkpoint import find_last
 from .config import DataSection, TrainConfig, TrainConfigError, validate
 from .distributed import DistInfo
 from .ema import ModelEma
@@ -111,8 +110,9 @@ class TrainState:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainState:
-        return cls(**{**d, "sums": EpochStats(**d["sums"]), "history": [dict(h) for h in d["history"]]})
+    def from_dict(cls, plain: dict[str, Any]) -> TrainState:
+        sums, history = EpochStats(**plain["sums"]), [dict(record) for record in plain["history"]]
+        return cls(**{**plain, "sums": sums, "history": history})
 
     def end_epoch(self, record: dict[str, Any], stats: EpochStats) -> TrainState:
         """The state after the epoch ``record`` describes (``record["val_top1"]`` may make it the best)."""
@@ -133,7 +133,10 @@ class TrainState:
 
 @dataclass
 class Trainer:
-    """The pieces of one run (see :func:`setup`; a dry run's are the same, built and never run)."""
+    """The pieces of one run (see :func:`setup`; a dry run's are the same, built and never run).
+
+    Every field without a default is always built; the ``None`` of the others means something (below).
+    """
 
     cfg: TrainConfig
     out: Path
@@ -145,16 +148,16 @@ class Trainer:
     sampler: EpochBatchSampler
     lr: Callable[[int], float]  # the schedule: lr_at with this run's numbers
     echo: Callable[[str], None]  # progress lines (silent on ranks other than 0)
-    resume_from: Path | None = None  # OUT/last.pt when resuming
-    model: nn.Module | None = None  # the plain module: state dicts, EMA, exported weights
-    forward: nn.Module | None = None  # what runs forward: `model`, maybe DDP- and/or torch.compile-wrapped
-    optimizer: torch.optim.Optimizer | None = None
-    scaler: torch.amp.GradScaler | None = None  # enabled for fp16 only: otherwise every call is a no-op
+    model: nn.Module  # the plain module: state dicts, EMA, exported weights
+    wrapped: nn.Module  # what runs forward: `model`, maybe DDP- and/or torch.compile-wrapped
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # enabled for fp16 only: otherwise every call is a no-op
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    resume_from: Path | None = None  # OUT/last.pt when resuming; None: a fresh start
     amp_dtype: torch.dtype | None = None  # autocast dtype; None: fp32
-    ema: ModelEma | None = None
-    mixup: MixupCutmix | None = None
-    train_loader: torch.utils.data.DataLoader | None = None
-    val_loader: torch.utils.data.DataLoader | None = None
+    ema: ModelEma | None = None  # None: run.ema is off
+    mixup: MixupCutmix | None = None  # None: neither mixup nor cutmix
 
     @property
     def steps_per_epoch(self) -> int:
@@ -197,52 +200,62 @@ def setup(
         raise TrainConfigError(f"run.device: {e}") from None
     echo = echo if info.is_main else _silent
     warn = _stderr if info.is_main else _silent
-    d, a, run = cfg.data, cfg.augment, cfg.run
-    data = _sources(d, warn)
-    mean, std = tuple(d.mean or IMAGENET_MEAN), tuple(d.std or IMAGENET_STD)
-    pre = EvalPreprocess(img_size=d.img_size, crop_pct=d.crop_pct, interpolation=d.interpolation, mean=mean, std=std)
-    spec = PretrainedSpec(pre, tuple(data.classes), source="cvt train")
+    recipe_data, augment, run = cfg.data, cfg.augment, cfg.run
+    data = _sources(recipe_data, warn)
+    preprocess = EvalPreprocess(
+        img_size=recipe_data.img_size,
+        crop_pct=recipe_data.crop_pct,
+        interpolation=recipe_data.interpolation,
+        mean=tuple(recipe_data.mean or IMAGENET_MEAN),
+        std=tuple(recipe_data.std or IMAGENET_STD),
+    )
+    spec = PretrainedSpec(preprocess, tuple(data.classes), source="cvt train")
     num_classes = len(data.classes)
     model_config = cfg.resolve_model_config(num_classes) if model is None else _config_of(model, num_classes)
-    accum = cfg.optim.accum_steps
     sampler = EpochBatchSampler(
-        len(data.train), d.batch_size, rank=info.rank, world_size=info.world_size, accum_steps=accum, seed=run.seed
+        len(data.train),
+        recipe_data.batch_size,
+        rank=info.rank,
+        world_size=info.world_size,
+        accum_steps=cfg.optim.accum_steps,
+        seed=run.seed,
     )
-    lr = _schedule(cfg, sampler.steps_per_epoch)
-    resume_from = ckpt.find_last(out) if resume else None
-    raw = _placed(model if model is not None else _build_model(cfg, model_config, echo), cfg, info, device, echo)
+    resume_from = find_last(out) if resume else None
+    module = _placed(model if model is not None else _build_model(cfg, model_config, echo), cfg, info, device, echo)
     if model_config is not None:
-        raw.config, raw.pretrained_cfg = model_config, spec
-    optimizer = _optimizer(raw, cfg)
+        module.config, module.pretrained_cfg = model_config, spec
+    optimizer = _optimizer(module, cfg)
     amp_dtype = _amp_dtype(run.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ema = ModelEma(raw, run.ema) if run.ema else None
-    mixup = MixupCutmix(num_classes, a.mixup, a.cutmix, a.mix_prob, a.switch_prob, a.label_smoothing)
-    train_loader, val_loader = _loaders(cfg, data, pre, sampler, info, device)
-    if not dry_run:  # every check passed: only now may an earlier run's files go
-        _clear_out(out, leftovers, resume_from, info, echo)
-    return Trainer(
-        cfg,
-        out,
-        info,
-        device,
-        data,
-        spec,
-        model_config,
-        sampler,
-        lr,
-        echo,
-        resume_from=resume_from,
-        model=raw,
-        forward=_wrapped(raw, cfg, info, device),
+    ema = ModelEma(module, run.ema) if run.ema else None
+    mixup = MixupCutmix(
+        num_classes, augment.mixup, augment.cutmix, augment.mix_prob, augment.switch_prob, augment.label_smoothing
+    )
+    train_loader, val_loader = _loaders(cfg, data, preprocess, sampler, info, device)
+    trainer = Trainer(
+        cfg=cfg,
+        out=out,
+        dist=info,
+        device=device,
+        data=data,
+        spec=spec,
+        model_config=model_config,
+        sampler=sampler,
+        lr=_schedule(cfg, sampler.steps_per_epoch),
+        echo=echo,
+        model=module,
+        wrapped=_wrapped(module, cfg, info, device),
         optimizer=optimizer,
-        scaler=scaler,
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        train_loader=train_loader,
+        val_loader=val_loader,
+        resume_from=resume_from,
         amp_dtype=amp_dtype,
         ema=ema,
         mixup=mixup if mixup.enabled else None,
-        train_loader=train_loader,
-        val_loader=val_loader,
     )
+    if not dry_run:  # every check passed: only now may an earlier run's files go
+        _clear_out(out, leftovers, resume_from, info, echo)
+    return trainer
 
 
 def _silent(_line: str) -> None:
@@ -261,22 +274,22 @@ def tensorboard_writer() -> type:
     return SummaryWriter
 
 
-def _sources(d: DataSection, warn: Callable[[str], None]) -> DataBundle:
+def _sources(section: DataSection, warn: Callable[[str], None]) -> DataBundle:
     """The recipe's training and validation images (every problem with them is reported here, before a model)."""
     data = build_sources(
-        d.kind,
-        root=d.root,
-        train_list=d.train,
-        val_list=d.val,
-        val_fraction=d.val_fraction,
-        split_seed=d.split_seed,
-        max_train=d.max_train_samples,
-        max_val=d.max_val_samples,
+        section.kind,
+        root=section.root,
+        train_list=section.train,
+        val_list=section.val,
+        val_fraction=section.val_fraction,
+        split_seed=section.split_seed,
+        max_train=section.max_train_samples,
+        max_val=section.max_val_samples,
         warn=warn,
     )
-    if len(data.train) < d.batch_size:
+    if len(data.train) < section.batch_size:
         raise TrainConfigError(
-            f"data.batch_size: {d.batch_size} is larger than the training set ({len(data.train)} images)"
+            f"data.batch_size: {section.batch_size} is larger than the training set ({len(data.train)} images)"
         )
     # Here, in this process: a file no worker can read fails in a DataLoader worker, mid-epoch, otherwise.
     data.check_readable(warn)
@@ -285,65 +298,65 @@ def _sources(d: DataSection, warn: Callable[[str], None]) -> DataBundle:
 
 def _schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     """:func:`lr_at` with this run's numbers: ``step -> learning rate``."""
-    s = cfg.schedule
+    schedule = cfg.schedule
     return functools.partial(
         lr_at,
-        total_steps=s.epochs * steps_per_epoch,
-        warmup_steps=round(s.warmup_epochs * steps_per_epoch),
+        total_steps=schedule.epochs * steps_per_epoch,
+        warmup_steps=round(schedule.warmup_epochs * steps_per_epoch),
         base_lr=cfg.scaled_lr(),
-        warmup_lr=s.warmup_lr,
-        min_lr=s.min_lr,
+        warmup_lr=schedule.warmup_lr,
+        min_lr=schedule.min_lr,
     )
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    o = cfg.optim
+    optim = cfg.optim
     return build_optimizer(
         model,
-        o.name,
+        optim.name,
         cfg.scaled_lr(),
-        weight_decay=o.weight_decay,
-        betas=o.betas,
-        eps=o.eps,
-        momentum=o.momentum,
-        nesterov=o.nesterov,
+        weight_decay=optim.weight_decay,
+        betas=optim.betas,
+        eps=optim.eps,
+        momentum=optim.momentum,
+        nesterov=optim.nesterov,
     )
 
 
 def _train_transform(cfg: TrainConfig) -> TrainTransform:
     """PIL image + generator -> the augmented, normalised ``(3, img_size, img_size)`` tensor."""
-    d, a = cfg.data, cfg.augment
+    data, augment = cfg.data, cfg.augment
     return TrainTransform(
-        d.img_size,
-        d.mean or IMAGENET_MEAN,
-        d.std or IMAGENET_STD,
-        random_resized_crop=a.random_resized_crop,
-        scale=a.scale,
-        ratio=a.ratio,
-        translate=a.translate,
-        hflip=a.hflip,
-        color_jitter=a.color_jitter,
-        randaugment=a.randaugment,
-        random_erasing=a.random_erasing,
-        interpolation=d.interpolation,
+        data.img_size,
+        data.mean or IMAGENET_MEAN,
+        data.std or IMAGENET_STD,
+        random_resized_crop=augment.random_resized_crop,
+        scale=augment.scale,
+        ratio=augment.ratio,
+        translate=augment.translate,
+        hflip=augment.hflip,
+        color_jitter=augment.color_jitter,
+        randaugment=augment.randaugment,
+        random_erasing=augment.random_erasing,
+        interpolation=data.interpolation,
     )
 
 
 def _loaders(
     cfg: TrainConfig,
     data: DataBundle,
-    pre: EvalPreprocess,
+    preprocess: EvalPreprocess,
     sampler: EpochBatchSampler,
     info: DistInfo,
     device: torch.device,
 ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
     """Training batches (augmented, as ``sampler`` says) and this process's shard of the validation images."""
     train = TrainSet(data.train, _train_transform(cfg), cfg.run.seed)
-    val = EvalSet(data.val, build_eval_transform(pre))
+    val = EvalSet(data.val, build_eval_transform(preprocess))
     val_sampler = ShardSampler(len(data.val), info.rank, info.world_size)
     workers = cfg.data.workers
 
-    def loader(dataset: torch.utils.data.Dataset, **kw: Any) -> torch.utils.data.DataLoader:
+    def loader(dataset: torch.utils.data.Dataset, **sampling: Any) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
             dataset,
             num_workers=workers,
@@ -351,7 +364,7 @@ def _loaders(
             pin_memory=device.type == "cuda",
             persistent_workers=workers > 0,
             generator=torch.Generator().manual_seed(cfg.run.seed),
-            **kw,
+            **sampling,
         )  # its own generator: the global one stays untouched
 
     return loader(train, batch_sampler=sampler), loader(val, batch_size=cfg.data.eval_batch_size, sampler=val_sampler)
@@ -407,7 +420,7 @@ def check_out(out: Path, *, resume: bool = False, overwrite: bool = False) -> li
     leftovers += sorted(p.name for p in out.iterdir() if p.name.startswith(".") and TEMP_MARK in p.name)
     if leftovers and not (resume or overwrite):
         held = f"{', '.join(leftovers[:5])}{' ...' if len(leftovers) > 5 else ''}"
-        if ckpt.find_last(out) is not None:
+        if find_last(out) is not None:
             raise TrainError(
                 f"{out}: already holds a run ({held}): add --resume to continue it, --overwrite to start again, "
                 "or choose another --out"
@@ -443,12 +456,10 @@ def _clear_out(
 
 def _build_model(cfg: TrainConfig, config: CvTConfig, echo: Callable[[str], None]) -> nn.Module:
     """The recipe's model: from ``model.weights`` / the released checkpoint, else initialised from ``run.seed``."""
-    weights = cfg.model.weights
-    if cfg.model.pretrained:
-        weights = download_checkpoint(get_checkpoint(str(cfg.model.name)))
-    if weights is not None:
-        model = create_model(config, weights=weights, num_classes=config.num_classes)
-        echo(f"initialised from {weights}: {model.load_report}")
+    if cfg.model.weights is not None or cfg.model.pretrained:
+        weights, pretrained = cfg.model.weights, cfg.model.pretrained
+        model = create_model(config, weights=weights, pretrained=pretrained, num_classes=config.num_classes)
+        echo(f"initialised from {weights or config.name}: {model.load_report}")
         return model
     with torch.random.fork_rng(devices=[]):  # the same initial weights in every process; the global RNG untouched
         torch.default_generator.manual_seed(cfg.run.seed)
