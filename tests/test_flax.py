@@ -362,9 +362,11 @@ def test_orbax_checkpoint_restores_the_training_state(tmp_path):
     trainer.step(x, y)
     trainer.save_checkpoint(tmp_path / "ckpt")
     expected = trainer.step(x, y)["loss"]
+    compiled = trainer._step._cache_size()
     trainer.restore_checkpoint(tmp_path / "ckpt")
     assert int(trainer.state.step) == 1
     assert trainer.step(x, y)["loss"] == expected
+    assert trainer._step._cache_size() == compiled  # the restored state runs the step already compiled
 
 
 _SHARDED = """

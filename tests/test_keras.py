@@ -275,11 +275,26 @@ def task_parity(root: Path, out: Path, job: dict) -> dict:
 
             xla = tf.function(lambda t, m=model: m(t, training=False), jit_compile=True)
             diffs[case["name"] + "_xla"] = float(np.abs(xla(_nhwc(x, model)).numpy() - y).max())
+    # the native names Keras derives from its attribute paths are the core's schema, shape for shape, for every
+    # projection method, with and without a cls token (the models built above)
+    from cvt.core.layouts import torch_shape
+    from cvt.core.weights import expected_shapes
+
+    schema = {}
+    for (weights, _), model in models.items():
+        got = {name: list(torch_shape(kind, var.shape)) for name, (var, kind) in ck.native_variables(model).items()}
+        want = {name: list(shape) for name, shape in expected_shapes(model.cvt_config).items()}
+        schema[Path(weights).stem] = schema.get(Path(weights).stem, True) and got == want  # NHWC and NCHW
     hf = ck.create_model(weights=root / "hf")  # an HF directory: activation "gelu" from its config
     diffs["hf_gelu"] = float(
         np.abs(_predict(hf, np.load(root / "hf_x.npy").transpose(0, 2, 3, 1)) - np.load(root / "hf_y.npy")).max()
     )
-    return {"diffs": diffs, "hf_activation": hf.cvt_config.activation, "attention_weights": _attention_weights()}
+    return {
+        "diffs": diffs,
+        "hf_activation": hf.cvt_config.activation,
+        "attention_weights": _attention_weights(),
+        "schema": schema,
+    }
 
 
 def _attention_weights() -> float:
@@ -313,16 +328,6 @@ def task_weights(root: Path, out: Path, job: dict) -> dict:
     res["port_dropin"] = float(np.abs(_predict(dropin, x) - y).max())
     # a torch pickle, read by the core without torch (torch is unimportable in this worker)
     res["official_pth"] = float(np.abs(_predict(ck.create_model(weights=root / "official.pth"), x) - y).max())
-    # the native names Keras derives from its attribute paths are the core's schema, shape for shape
-    from cvt.core.layouts import torch_shape
-    from cvt.core.weights import expected_shapes
-
-    res["schema"] = {}
-    for arch in ("cvt-tiny", "cvt-13"):
-        built = ck.create_model(arch)
-        got = {name: list(torch_shape(kind, var.shape)) for name, (var, kind) in ck.native_variables(built).items()}
-        want = {name: list(shape) for name, shape in expected_shapes(built.cvt_config).items()}
-        res["schema"][arch] = got == want
     errors = {}
     for name in ("truncated.h5", "foreign.h5"):
         try:
@@ -466,6 +471,8 @@ def test_logits_equal_cvt_torch(run):
     assert res["hf_activation"] == "gelu"
     assert res["attention_weights"] <= TOL
     assert run["torch_imported"] is False
+    # native_variables (names from the attribute paths) == the core's expected_shapes, on every model above
+    assert res["schema"] == {name: True for name in ("dw_bn", "avg", "linear", "nocls", "avg_s3")}
 
 
 @pytest.mark.parity
@@ -477,12 +484,12 @@ def test_logits_equal_cvt_torch_on_the_keras_torch_backend(job):
     bad = {k: v for k, v in res["diffs"].items() if not v <= TOL}
     assert len(res["diffs"]) == len(PARITY) + 1 and not bad, bad
     assert res["hf_activation"] == "gelu"
+    assert set(res["schema"].values()) == {True}  # torch-backend layers keep sublayers in torch's _modules
 
 
 def test_weight_files(run):
     res = _ok(run, "weights")
     assert res["port_h5"] <= TOL and res["port_dropin"] <= TOL and res["official_pth"] <= TOL
-    assert res["schema"] == {"cvt-tiny": True, "cvt-13": True}
     assert all(v <= TOL for k, v in res["reload"].items() if k not in ("keras_type", "keras_spec")), res["reload"]
     assert res["reload"]["keras_type"] == "CvTImageClassifier"
     assert res["reload"]["keras_spec"]["preprocess"]["img_size"] == 64
