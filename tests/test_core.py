@@ -157,3 +157,23 @@ def test_hf_preprocessor_configs_are_validated():
     ]:
         with pytest.raises(ConfigError, match=field):
             EvalPreprocess.from_hf_processor(bad)
+
+
+def test_weight_source_is_one_rule_for_names_and_paths(tmp_path, monkeypatch):
+    """A registry name wins over a same-named path; a released name alone means its weights; an architecture alone
+    has none; another existing path is weights; anything else is an unknown name."""
+    import pytest
+
+    from cvt.core.errors import UnknownModelError
+    from cvt.core.presets import WeightSource, weight_source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cvt-13").mkdir()  # a folder named like a checkpoint does not shadow it
+    (tmp_path / "mine").mkdir()
+    assert weight_source("cvt-13").pretrained and weight_source("CVT-13").pretrained  # names are case-blind
+    assert weight_source("cvt-13").weights is None and weight_source("cvt-13").has_weights
+    assert not weight_source("cvt-tiny").has_weights  # an architecture: random initialisation
+    assert weight_source("cvt-tiny", "w.safetensors") == WeightSource("cvt-tiny", "w.safetensors", False)
+    assert weight_source("mine") == WeightSource(None, "mine", False)
+    with pytest.raises(UnknownModelError, match="cvt-99"):
+        weight_source("cvt-99")

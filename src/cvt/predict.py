@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from .core.errors import ImageError, UsageError
 from .core.images import DEFAULT_MAX_PIXELS, load_image, to_pil
 from .core.labels import resolve_labels
-from .core.presets import DEFAULT_MODEL, default_spec, get_checkpoint, get_config
+from .core.presets import DEFAULT_MODEL, default_spec, weight_source
 from .core.spec import EvalPreprocess
 from .data.datasets import EvalSet, collate
 from .data.sources import ImageFiles
@@ -134,15 +134,12 @@ class Predictor:
             if weights is not None or pretrained:
                 raise PredictorError("give a CvT instance or weights/pretrained, not both")
             return model
-        if model is None and weights is None:
-            model = DEFAULT_MODEL
-        if model is not None:
-            get_config(model)  # UnknownModelError for a misspelt name, before anything else
+        source = weight_source(DEFAULT_MODEL if model is None and weights is None else model, weights)
         if pretrained is None:
-            pretrained = weights is None and model is not None and get_checkpoint(model) is not None
-            if weights is None and not pretrained:
+            pretrained = source.pretrained
+            if not source.has_weights:
                 raise PredictorError(f"{model!r} has no released weights: pass weights= (or pretrained=False)")
-        built = create_model(model, weights=weights, pretrained=pretrained, activation=activation)
+        built = create_model(source.name, weights=source.weights, pretrained=pretrained, activation=activation)
         if built.num_classes < 1:
             raise PredictorError("the model has no classification head (num_classes=0)")
         return built

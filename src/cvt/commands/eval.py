@@ -12,7 +12,7 @@ import torch
 
 from ..core.errors import CvtError, DataError, UsageError, WriteError, first_line, require
 from ..core.files import check_writable, write_text
-from ..core.presets import get_checkpoint, get_config
+from ..core.presets import weight_source
 from ..core.spec import EvalPreprocess
 from ..data.datasets import EvalSet, collate
 from ..data.sources import EvalFiles, eval_source, read_eval_data
@@ -99,9 +99,7 @@ def run_eval(
 
 def _check_model_name(model: str | None, weights: str | None) -> None:
     """An unknown ``--model``, or an architecture without released weights and no ``--weights``: usage errors."""
-    if model is not None:
-        get_config(model)  # UnknownModelError (exit 2) naming it and the known names
-    if weights is None and (model is None or get_checkpoint(model) is None):
+    if not weight_source(model, weights).has_weights:  # an unknown name: UnknownModelError (exit 2) naming it
         what = f"--model {model} is an architecture without released weights: " if model else ""
         raise UsageError(f"{what}give --weights FILE, or --model with a released checkpoint name (see `cvt list`)")
 
@@ -119,7 +117,8 @@ def _check_destinations(output: str | None, confusion: str | None) -> None:
 
 def _load(model: str | None, weights: str | None, device: torch.device) -> CvT:
     """The model to evaluate, fused for inference (its ``pretrained_cfg`` gives preprocessing and labels)."""
-    net = create_model(model, weights=weights, pretrained=weights is None, device=device)
+    source = weight_source(model, weights)
+    net = create_model(source.name, weights=source.weights, pretrained=source.pretrained, device=device)
     return fuse(net, cls_only=True, inplace=True)
 
 

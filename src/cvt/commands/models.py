@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 from ..core.config import CvTConfig
 from ..core.errors import UsageError
 from ..core.macs import count_macs, count_params, stage_costs
-from ..core.presets import ARCHITECTURES, CHECKPOINTS, get_config, list_models
+from ..core.presets import ARCHITECTURES, CHECKPOINTS, get_config, list_models, weight_source
 from ..core.weights import resolve, with_overrides
 from ._signature import Arg
 
@@ -99,8 +98,9 @@ def run_info(
 def _config(name: str | None, weights: str | None, num_classes: int | None) -> CvTConfig:
     """The architecture ``create_model(name, weights=weights, num_classes=...)`` builds (a released name never needs
     torch; a NAME that is an existing path is read as weights)."""
-    if weights is None and name is not None and Path(name).exists():
-        name, weights = None, name
+    if name is not None and weights is None:  # a NAME that is an existing path is weights (weight_source's rule)
+        source = weight_source(name)
+        name, weights = source.name, source.weights
     if weights is None:
         if name is None:
             raise UsageError("give a model name or --weights FILE|DIR")

@@ -10,8 +10,10 @@ Framework-free.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .config import CvTConfig, StageConfig
@@ -117,6 +119,35 @@ def list_models(pretrained: bool = False) -> list[str]:
 def get_checkpoint(name: str) -> Checkpoint | None:
     """The released checkpoint of that name, or ``None`` (an architecture-only name, or unknown)."""
     return CHECKPOINTS.get(name.lower())
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Where a model's weights come from, for a name and an optional weight path (:func:`weight_source`)."""
+
+    name: str | None  # a registry name (architecture or released checkpoint), or None
+    weights: str | os.PathLike[str] | None  # a local file or directory
+    pretrained: bool  # download the released checkpoint ``name``
+
+    @property
+    def has_weights(self) -> bool:
+        """False for an architecture name alone (random initialisation)."""
+        return self.weights is not None or self.pretrained
+
+
+def weight_source(name: str | None, weights: str | os.PathLike[str] | None = None) -> WeightSource:
+    """The one rule from "a name and maybe a path" to how to load, for every verb and front-end.
+
+    A registry name wins; a name that is not one but an existing path is read as weights; a released checkpoint
+    name without ``weights`` means its released weights (downloaded once, cached); an architecture name without
+    ``weights`` has none. A name that is neither raises :class:`UnknownModelError` (naming the known ones).
+    """
+    known = name is not None and name.lower() in {*CHECKPOINTS, *ARCHITECTURES}
+    if name is not None and weights is None and not known and Path(name).exists():
+        return WeightSource(None, name, False)
+    if name is not None:
+        get_config(name)  # UnknownModelError for a misspelt name, before anything is read
+    return WeightSource(name, weights, weights is None and name is not None and get_checkpoint(name) is not None)
 
 
 def get_config(name: str) -> CvTConfig:

@@ -28,6 +28,7 @@ import numpy as np
 from ..core.config import CvTConfig
 from ..core.layouts import to_torch
 from ..core.loading import FitReport, Slot, match
+from ..core.presets import weight_source
 from ..core.spec import PretrainedSpec
 from ..core.weights import read_arrays, resolve, save_native_arrays, with_overrides
 from .backbone import CvTBackbone
@@ -164,13 +165,8 @@ def create_model(
 def from_preset(preset: str, **kwargs: Any) -> CvTImageClassifier:
     """keras-hub's spelling: a registry checkpoint name (downloaded once, e.g. ``"cvt-13-384-22k"``), an
     architecture name (random weights), or a local weight file / directory."""
-    from ..core.presets import get_checkpoint
-
-    if get_checkpoint(preset) is not None:
-        return create_model(preset, pretrained=True, **kwargs)
-    if Path(preset).exists():
-        return create_model(weights=preset, **kwargs)
-    return create_model(preset, **kwargs)
+    source = weight_source(preset)
+    return create_model(source.name, weights=source.weights, pretrained=source.pretrained, **kwargs)
 
 
 def save_native(
