@@ -81,7 +81,7 @@ def _fill(state: nnx.State, sd: Mapping[str, Any], source: object) -> FitReport:
         abstract = var.get_value()
         # NOTE: a copy: on CPU jnp.asarray may alias the numpy buffer, which the caller may still change (a torch
         # tensor's .numpy() view, say). An absent optional tensor (the batch counter) starts at 0.
-        value = values.get(name, np.zeros(slot.shape, abstract.dtype))
+        value = values[name] if name in values else np.zeros(slot.shape, abstract.dtype)
         var.set_value(jnp.array(value, dtype=abstract.dtype, copy=True))
     return report
 

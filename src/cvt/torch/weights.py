@@ -15,7 +15,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..core import native
@@ -57,7 +56,9 @@ def load_state_dict(
     """
     slots = {name: Slot(tuple(value.shape)) for name, value in model.state_dict().items()}
     values, report = match(slots, sd, source=source, strict=strict)
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in values.items()}, strict=False)
+    # NOTE: no copy here: the arrays are views of the file's tensors (or the reader's own arrays), and
+    # load_state_dict copies them into the parameters
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in values.items()}, strict=False)
     return report
 
 
