@@ -38,6 +38,7 @@ VERBS = {
     ),
     "export": ("export:run_export", "export to ONNX, TorchScript or a torch.export program (verified against eager)"),
     "bench": ("bench:run_bench", "speed and memory against HF transformers' CvT (same weights, interleaved runs)"),
+    "serve": ("serve:run_serve", "an HTTP inference server (dynamic batching, metrics) with a web page"),
 }
 
 
