@@ -15,6 +15,7 @@ import torch
 from ..bench import Case, format_table, run_benchmark
 from ..core.errors import UsageError, require
 from ..core.files import check_writable, write_text
+from ..core.hub import is_hub_id
 from ..core.presets import get_config
 from ..torch.runtime import resolve_device
 from ._signature import Arg, default_of
@@ -54,6 +55,8 @@ def run_bench(
         json_path: also write the full report as JSON
     """
     # NOTE every argument is checked before the minutes of matmul peak, model building and warm-up
+    if is_hub_id(model_name):  # timing needs an architecture only; the same weights go to both sides
+        raise UsageError(f"--model {model_name}: cvt bench times an architecture (cvt-13, ...), not a hub repo")
     config = get_config(model_name)  # UnknownModelError (exit 2) naming the known models
     dev = resolve_device(device)
     if dev.type not in ("cpu", "cuda"):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import CvTConfig, StageConfig
-from .errors import UnknownModelError, WeightsError
+from .errors import UnknownModelError, UsageError, WeightsError
 from .spec import IMAGENET_1K, EvalPreprocess, PretrainedSpec
 
 LICENSE = "MIT (official weights); Apache-2.0 (HF hub copies)"
@@ -126,7 +126,7 @@ class WeightSource:
     """Where a model's weights come from, for a name and an optional weight path (:func:`weight_source`)."""
 
     name: str | None  # a registry name (architecture or released checkpoint), or None
-    weights: str | os.PathLike[str] | None  # a local file or directory
+    weights: str | os.PathLike[str] | None  # a local file or directory, or a hub id (hf://owner/repo[@revision])
     pretrained: bool  # download the released checkpoint ``name``
 
     @property
@@ -140,12 +140,23 @@ def weight_source(name: str | None, weights: str | os.PathLike[str] | None = Non
 
     A registry name wins; a name that is not one but an existing path is read as weights; a released checkpoint
     name without ``weights`` means its released weights (downloaded once, cached); an architecture name without
-    ``weights`` has none. A name that is neither raises :class:`UnknownModelError` (naming the known ones).
+    ``weights`` has none. A hub id name (``hf-hub:owner/repo[@rev]``, ``hf://...``) is weights (read by
+    :func:`cvt.core.weights.resolve`, which downloads them). A name that is none of these raises
+    :class:`UnknownModelError` (naming the known ones; a bare ``owner/repo`` is told how to write it as a hub id).
     """
+    from .hub import hub_hint, parse_hub_id
+
+    if name is not None and parse_hub_id(name) is not None:  # (a malformed one: WeightsError, before any download)
+        if weights is not None:
+            raise UsageError(f"{name}: a hub id as the model name is the weights already; do not also give weights")
+        return WeightSource(None, name, False)
     known = name is not None and name.lower() in {*CHECKPOINTS, *ARCHITECTURES}
     if name is not None and weights is None and not known and Path(name).exists():
         return WeightSource(None, name, False)
     if name is not None:
+        hint = None if known else hub_hint(name)
+        if hint is not None:
+            raise UnknownModelError(f"unknown model {name!r}; {hint}")
         get_config(name)  # UnknownModelError for a misspelt name, before anything is read
     return WeightSource(name, weights, weights is None and name is not None and get_checkpoint(name) is not None)
 

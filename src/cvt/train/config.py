@@ -28,6 +28,7 @@ import yaml
 
 from ..core.config import ACTIVATIONS, CvTConfig
 from ..core.errors import ConfigError
+from ..core.hub import is_hub_id
 from ..core.presets import get_checkpoint, get_config, list_models
 from ..core.spec import INTERPOLATIONS
 from ..data.augment import RandAugment
@@ -434,7 +435,8 @@ def validate(cfg: TrainConfig, check_paths: bool = False) -> None:
     if not check_paths:
         return
     data = cfg.data
-    if cfg.model.weights is not None and not Path(cfg.model.weights).expanduser().exists():
+    weights = cfg.model.weights  # a hub id (hf://owner/repo) is resolved, downloaded or refused, by the core's rule
+    if weights is not None and not is_hub_id(weights) and not Path(weights).expanduser().exists():
         raise TrainConfigError(f"model.weights: {cfg.model.weights}: no such file or directory")
     if data.kind == "folder":
         root = Path(str(data.root)).expanduser()
