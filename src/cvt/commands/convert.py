@@ -11,7 +11,7 @@ from ..core.config import ACTIVATIONS
 from ..core.errors import UsageError
 from ..core.files import check_writable, check_writable_dir
 from ..torch.factory import create_model
-from ..torch.weights import save_hf, save_native, save_official
+from ..torch.weights import save_native, save_official, save_pretrained
 from ._signature import Arg
 
 # What the consumer of a layout that records no activation computes (native files record theirs).
@@ -34,6 +34,8 @@ def run_convert(
     The activation is the one every verb runs SRC with: what a native file records, else quick_gelu with a
     released checkpoint --model, else gelu for an HF directory, else quick_gelu. hf and official files record
     none: converting a model whose activation differs from what their code computes prints a note on stderr.
+    hf writes what transformers' pipeline("image-classification") and the hub need: config.json with the class
+    names, model.safetensors, preprocessor_config.json and a model card README.md (one you wrote is kept).
 
     Args:
         src: weight file or directory
@@ -63,9 +65,8 @@ def run_convert(
     if to == "native":
         out = save_native(sd, cfg, out, spec)
     elif to == "hf":
-        # a named set (imagenet-1k) stays unexpanded: config.json gets HF's LABEL_<i> placeholders, as it always has
-        names = list(spec.labels) if spec.labels is not None and spec.labels.inline else None
-        out = save_hf(sd, cfg, out, names)
+        # the whole pipeline-ready directory: real id2label (a named set too), processor, model card
+        out = save_pretrained(net, out, activation=activation)
     else:
         out = save_official(sd, out)
     n = sum(v.numel() for k, v in sd.items() if not k.endswith("num_batches_tracked"))

@@ -11,7 +11,8 @@ Rules (every artefact: weights, checkpoints, exports, reports, plots):
   then renamed over it: a reader sees the old file or the new one, never half of one. On any failure the
   temporary file is removed, and directories created for the write are removed again (no empty folders left).
 * **Permissions** follow the umask for new files (``0o666 & ~umask``, as ``open()`` would give), and an existing
-  destination keeps its mode.
+  destination keeps its mode. In a directory output every new file and subdirectory follows the umask too,
+  whatever mode its writer gave it (safetensors creates 0600 files).
 * **Errors** are one line naming the destination (never the temporary file) and saying why: no space left,
   read-only file system, permission denied, file-size limit ...: :class:`~cvt.core.errors.WriteError`.
 * **Verified before published.** ``atomic_write(path, write, check=...)`` runs ``check(tmp)`` on the finished
@@ -248,6 +249,7 @@ def atomic_write_dir(
         home = dest if existed else dest.parent
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=TEMP_MARK, dir=home))
         write(tmp)
+        _follow_umask(tmp)
         _fsync_tree(tmp)
         if check is not None:
             check(tmp)
@@ -267,6 +269,29 @@ def atomic_write_dir(
         if not done:
             _remove_empty(created)
     return path
+
+
+def _follow_umask(root: Path) -> None:
+    """Give everything a writer put under ``root`` the mode ``open()`` / ``mkdir()`` would: ``0o666 & ~umask`` for
+    files (``0o777`` for one written executable), ``0o777 & ~umask`` for directories.
+
+    Writers do not all honour the umask (safetensors creates 0600 files), and a published weight file another
+    user, a container or a web server cannot read is a broken output. ``root`` itself is left as it is (a new
+    destination gets its mode when it is renamed into place). An entry replacing an existing file later takes
+    that file's mode instead (:func:`_merge_into`). Symbolic links are not followed.
+    """
+    mask = _umask()
+    for directory, dirs, names in os.walk(root):
+        for name in dirs:
+            p = Path(directory, name)
+            if not p.is_symlink():
+                os.chmod(p, 0o777 & ~mask)
+        for name in names:
+            p = Path(directory, name)
+            if p.is_symlink() or not p.is_file():
+                continue
+            executable = os.stat(p).st_mode & 0o111
+            os.chmod(p, (0o777 if executable else 0o666) & ~mask)
 
 
 def _fsync_tree(root: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import CvTConfig, StageConfig, reject_unknown
 from .errors import ConfigError
-from .labels import HF_PLACEHOLDER, placeholders
+from .labels import HF_PLACEHOLDER, LabelSet, placeholders
 
 # StageConfig field -> (official SPEC key, HF CvtConfig field, HF's default when a config.json omits the field)
 STAGE_FIELDS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
@@ -111,15 +111,20 @@ def from_hf_config(hf: Mapping[str, Any], **overrides: Any) -> CvTConfig:
     return CvTConfig(stages=tuple(StageConfig(**s) for s in per_stage), **kwargs)
 
 
-def to_hf_config(config: CvTConfig, labels: Sequence[str] | None = None) -> dict[str, Any]:
+def to_hf_config(config: CvTConfig, labels: LabelSet | Sequence[str] | str | None = None) -> dict[str, Any]:
     """An HF ``config.json`` dict that ``transformers.CvtForImageClassification.from_pretrained`` accepts.
+
+    ``labels``: the model's class names (``PretrainedSpec.labels``), a list of names, or a named set
+    (``"imagenet-1k"``: written out as its 1000 names). ``id2label`` gets them when they fit the head, and HF's
+    ``LABEL_<i>`` placeholders only when the model has none (or names of another length). ``label2id`` is their
+    inverse; a name two classes share (ImageNet's two "crane"s) maps to the later one, as on the hub.
 
     Note HF always runs exact GELU: a ``quick_gelu`` model saved this way gives slightly different
     logits in transformers (the released checkpoints on the hub have the same caveat).
     """
-    labels = list(labels or [])
-    if len(labels) != config.num_classes:
-        labels = placeholders(config.num_classes, HF_PLACEHOLDER)
+    label_set = LabelSet.parse(labels)  # a named set is expanded to its names here, nowhere else
+    fitting = label_set.for_head(config.num_classes) if label_set is not None else None
+    names = list(fitting) if fitting is not None else placeholders(config.num_classes, HF_PLACEHOLDER)
     d: dict[str, Any] = {
         "architectures": ["CvtForImageClassification"],
         "model_type": "cvt",
@@ -129,8 +134,8 @@ def to_hf_config(config: CvTConfig, labels: Sequence[str] | None = None) -> dict
         d[key] = [getattr(s, attr) for s in config.stages]
     d["initializer_range"] = 0.02
     d["layer_norm_eps"] = 1e-12  # unused by HF's model (its LayerNorms keep eps=1e-5), kept for fidelity
-    d["id2label"] = {str(i): name for i, name in enumerate(labels)}
-    d["label2id"] = {name: i for i, name in enumerate(labels)}
+    d["id2label"] = {str(i): name for i, name in enumerate(names)}
+    d["label2id"] = {name: i for i, name in enumerate(names)}
     return d
 
 

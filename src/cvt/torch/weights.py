@@ -4,25 +4,27 @@ Read: every layout :mod:`cvt.core.weights` reads (official ``.pth``, HF director
 ``.safetensors``), as torch tensors. Load: :func:`load_state_dict`, the core's one protocol
 (:mod:`cvt.core.loading`) with the model's ``state_dict`` as its slots.
 
-Write (always atomically, :func:`cvt.core.files.atomic_write` / ``atomic_write_dir``): native, HF directory,
-official ``.pth``.
+Write (always atomically, :func:`cvt.core.files.atomic_write` / ``atomic_write_dir``): native, HF directory
+(:func:`save_pretrained`: the whole pipeline-ready directory from a model), official ``.pth``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from ..core import native
-from ..core.config import CvTConfig
-from ..core.errors import ConversionError
+from ..core.config import CvTConfig, check_activation
+from ..core.errors import ConfigError, ConversionError
 from ..core.files import atomic_write, atomic_write_dir
 from ..core.keys import convert_state_dict
+from ..core.labels import LabelSet
 from ..core.loading import FitReport, Slot, match
+from ..core.modelcard import is_ours, model_card
 from ..core.spec import PretrainedSpec
 from ..core.weights import LoadedArrays, hf_incompatibility, read_arrays, save_safetensors_file
 
@@ -98,16 +100,59 @@ def save_native(
 
 def save_hf(
     sd: Mapping[str, torch.Tensor], config: CvTConfig, directory: str | os.PathLike[str],
-    labels: list[str] | None = None,
+    labels: LabelSet | Sequence[str] | str | None = None,
 ) -> Path:  # fmt: skip
-    """An HF directory (``config.json`` + ``model.safetensors``) for ``CvtForImageClassification``.
+    """An HF directory (``config.json`` + ``model.safetensors``) for ``CvtForImageClassification``: the weights
+    alone. :func:`save_pretrained` writes the whole directory (processor, model card) from a model.
 
-    Refuses (:class:`ConversionError`, before writing) a model transformers' CvT cannot build or would compute
-    differently in structure (:func:`cvt.core.weights.hf_incompatibility`). transformers always computes exact
-    GELU: a ``quick_gelu`` model is written all the same (as the released checkpoints on the hub were), and
-    its logits there differ slightly; ``cvt convert`` says so.
+    ``labels``: the class names for ``id2label`` (names, a :class:`LabelSet`, or ``"imagenet-1k"``; HF's
+    ``LABEL_<i>`` without). Refuses (:class:`ConversionError`, before writing) a model transformers' CvT cannot
+    build or would compute differently in structure (:func:`cvt.core.weights.hf_incompatibility`). transformers
+    always computes exact GELU: a ``quick_gelu`` model is written all the same (as the released checkpoints on
+    the hub were), and its logits there differ slightly; ``cvt convert`` says so.
+    """
+    return _write_hf(sd, config, Path(directory), labels, {})
+
+
+def save_pretrained(
+    model: torch.nn.Module, directory: str | os.PathLike[str], *, activation: str | None = None
+) -> Path:
+    """Write ``model`` as a Hugging Face directory that ``transformers.pipeline("image-classification",
+    model=directory)`` runs as is and that is ready to upload to the hub (``huggingface_hub.upload_folder``).
+
+    Files: ``config.json`` (architecture, ``id2label`` with the model's class names: ImageNet's for a model
+    labelled ``"imagenet-1k"``, ``LABEL_<i>`` only when it has none), ``model.safetensors``,
+    ``preprocessor_config.json`` (the model's evaluation preprocessing, :meth:`EvalPreprocess.to_hf_processor`)
+    and ``README.md`` (a model card, :mod:`cvt.core.modelcard`). Published atomically; every file follows the
+    umask. An existing directory keeps its other entries, and a ``README.md`` cvt did not write is kept (a
+    card we wrote is replaced).
+
+    ``model``: a :class:`cvt.CvT` (its ``config`` and ``pretrained_cfg`` describe it). ``activation``: what the
+    weights are meant to run with, stated in the card (default: the model's own). transformers computes exact
+    GELU whatever it says. Raises :class:`ConversionError` (before writing) for a model transformers cannot
+    run or a preprocessing its image processors cannot spell.
     """
     directory = Path(directory)
+    config: CvTConfig = model.config
+    spec: PretrainedSpec = model.pretrained_cfg
+    if activation is not None:
+        check_activation(activation)
+    try:
+        processor = spec.preprocess.to_hf_processor()
+    except ConfigError as e:
+        raise ConversionError(f"{directory}: cannot write an HF directory: {e}") from None
+    extra = {
+        "preprocessor_config.json": json.dumps(processor, indent=2) + "\n",
+        "README.md": model_card(config, spec, activation=activation),
+    }
+    return _write_hf(model.state_dict(), config, directory, spec.labels, extra)
+
+
+def _write_hf(
+    sd: Mapping[str, torch.Tensor], config: CvTConfig, directory: Path,
+    labels: LabelSet | Sequence[str] | str | None, extra: Mapping[str, str],
+) -> Path:  # fmt: skip
+    """``config.json`` + ``model.safetensors`` + the ``extra`` text files, published together."""
     problem = hf_incompatibility(config)
     if problem is not None:
         raise ConversionError(f"{directory}: cannot write an HF directory: {problem}")
@@ -117,8 +162,22 @@ def save_hf(
     def write(tmp: Path) -> None:
         save_safetensors_file(hf_sd, tmp / "model.safetensors", {"format": "pt"}, framework="pt")
         (tmp / "config.json").write_text(hf_config, encoding="utf-8")
+        for name, text in extra.items():
+            if name == "README.md" and not _may_replace_card(directory / name):
+                continue  # a user's own card stays; ours is replaced
+            (tmp / name).write_text(text, encoding="utf-8")
 
     return atomic_write_dir(directory, write)
+
+
+def _may_replace_card(path: Path) -> bool:
+    """True when no ``README.md`` is there, or it is a card cvt wrote (:func:`cvt.core.modelcard.is_ours`)."""
+    if not os.path.lexists(path):
+        return True
+    try:
+        return is_ours(path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:  # a directory, a dangling link, unreadable: not ours to replace
+        return False
 
 
 def save_official(sd: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> Path:
