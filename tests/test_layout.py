@@ -3,7 +3,7 @@
 1. ``cvt.core`` imports no deep-learning framework and nothing of ``cvt`` outside itself.
 2. The front-ends ``cvt.torch``, ``cvt.keras``, ``cvt.flax`` import only the core, their own package and their
    own framework: never another front-end, another framework, or the application.
-3. The application (everything else: predict, eval, train, data, bench, commands, cli) imports front-ends and the
+3. The application (everything else: predict, eval, train, data, bench, timm, serve, commands, cli) imports front-ends and the
    core, never the reverse; inside it imports flow one way: cli -> commands -> tasks -> data.
 """
 
@@ -32,6 +32,8 @@ APP_RANKS = {
     "predict": 3,
     "bench": 3,
     "train": 3,
+    "timm": 3,  # timm's registry entries: cvt.torch models under timm's names (an adapter, not a front-end)
+    "serve": 3,  # the HTTP server: predict's Predictor behind an ASGI app
     "commands": 4,
     "cli": 5,
     "__main__": 6,
