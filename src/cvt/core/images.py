@@ -189,30 +189,71 @@ def to_rgb(img: Image.Image) -> Image.Image:
         raise ImageError(f"unsupported image mode {mode!r} ({e})") from None
 
 
-def to_pil(obj: Any) -> Image.Image:
-    """A PIL image, a numpy array or a uint8 tensor -> 8-bit RGB PIL image.
+ACCEPTED_IMAGES = (
+    "a PIL image, or an array / tensor (H, W) or (H, W, C) with C in 1, 3, 4 (numpy, TensorFlow, JAX, Keras), "
+    "(C, H, W) for torch tensors; dtype uint8, uint16 (>> 8) or float in [0, 1] (x 255, truncated as torchvision)"
+)
 
-    Arrays: ``(H, W)`` or ``(H, W, C)`` with ``C`` in 1, 3, 4 (RGBA composited on white), dtype uint8
-    (uint16 is scaled by ``>> 8``). Tensors: uint8 ``(C, H, W)`` (torchvision's ``read_image`` layout)
-    or ``(H, W)``. Raises :class:`ImageError` for anything else.
+
+def image_framework(obj: Any) -> str:
+    """The library that made an array or tensor, by its class's module: ``"torch"``, ``"tensorflow"``, ``"jax"``,
+    ``"numpy"`` ... (``jaxlib`` counts as ``jax``). Why not the shape: a (3, 4, 3) image is both layouts."""
+    root = type(obj).__module__.split(".")[0]
+    return {"jaxlib": "jax", "keras": "keras", "tensorflow": "tensorflow"}.get(root, root)
+
+
+def _host_array(obj: Any) -> np.ndarray:
+    """Any array or tensor on the host as numpy (torch: detached, on the CPU; bfloat16 widened to float32)."""
+    if hasattr(obj, "detach"):  # torch, without importing it
+        obj = obj.detach().cpu()
+        if str(obj.dtype) == "torch.bfloat16":
+            obj = obj.float()
+        return np.asarray(obj.numpy())
+    arr = np.asarray(obj.numpy() if hasattr(obj, "numpy") and not isinstance(obj, np.ndarray) else obj)
+    return arr.astype(np.float32) if arr.dtype.name == "bfloat16" else arr
+
+
+def _float_to_uint8(arr: np.ndarray, what: str) -> np.ndarray:
+    """Float pixels in [0, 1] -> uint8 by ``x * 255`` truncated (torchvision's ``to_pil_image``: ``mul(255).byte()``;
+    exact inverse of ``x / 255`` for every 8-bit value)."""
+    if arr.size:
+        lo, hi = float(np.min(arr)), float(np.max(arr))
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0.0 or hi > 1.0:
+            raise ImageError(
+                f"{what}: float pixels must be in [0, 1], got {lo:.4g}..{hi:.4g} "
+                "(for 0..255 values cast to uint8 first)"
+            )
+    return (arr * arr.dtype.type(255)).astype(np.uint8)
+
+
+def to_pil(obj: Any) -> Image.Image:
+    """A PIL image, or one image as an array or tensor -> 8-bit RGB PIL image.
+
+    Layout by the library that made it (:func:`image_framework`), never by guessing from the shape: torch tensors
+    are ``(C, H, W)`` (torchvision's convention), numpy / TensorFlow / JAX / Keras arrays ``(H, W, C)``; ``(H, W)``
+    is grayscale for all; ``C`` in 1, 3, 4 (RGBA composited on white). dtypes: uint8; uint16 scaled by ``>> 8``;
+    float in [0, 1] scaled by ``x * 255`` and truncated, as torchvision's ``to_pil_image`` (so ``x / 255`` images
+    come back exactly). Raises :class:`ImageError` (one line listing :data:`ACCEPTED_IMAGES`) for anything else.
     """
     if isinstance(obj, Image.Image):
         return to_rgb(obj)
-    if not isinstance(obj, np.ndarray) and hasattr(obj, "numpy") and hasattr(obj, "ndim"):  # a framework tensor
-        if "uint8" not in str(obj.dtype) or obj.ndim not in (2, 3):
-            raise ImageError(f"image tensors must be uint8 (C, H, W) or (H, W), got {obj.dtype} {tuple(obj.shape)}")
-        arr = np.asarray(obj.detach().cpu().numpy() if hasattr(obj, "detach") else obj.numpy())
-        obj = arr if arr.ndim == 2 else np.moveaxis(arr, 0, -1)
-    if not isinstance(obj, np.ndarray):
-        raise ImageError(f"expected a path, PIL image, numpy array or tensor, got {type(obj).__name__}")
-    arr = obj
+    if not (isinstance(obj, np.ndarray) or hasattr(obj, "__array__") or hasattr(obj, "numpy")):
+        raise ImageError(f"expected a path or an image: {ACCEPTED_IMAGES}; got {type(obj).__name__}")
+    framework = image_framework(obj)
+    arr = _host_array(obj)
+    what = f"{framework} image {arr.dtype} {tuple(arr.shape)}"
+    if framework == "torch" and arr.ndim == 3:
+        arr = np.moveaxis(arr, 0, -1)  # (C, H, W) -> (H, W, C)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-        raise ImageError(f"arrays must be (H, W) or (H, W, C) with C in 1, 3, 4; got shape {obj.shape}")
+        hint = " (looks channels-first: transpose to (H, W, C))" if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) else ""
+        raise ImageError(f"{what}: unsupported layout{hint}; accepted: {ACCEPTED_IMAGES}")
     if arr.dtype == np.uint16:
         arr = (arr >> 8).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
+        arr = _float_to_uint8(arr, what)
     if arr.dtype != np.uint8:
-        raise ImageError(f"arrays must be uint8 (0..255) or uint16; got {arr.dtype} (scale and cast first)")
+        raise ImageError(f"{what}: unsupported dtype; accepted: {ACCEPTED_IMAGES}")
     mode = {2: "L", 3: "RGB", 4: "RGBA"}[arr.ndim if arr.ndim == 2 else arr.shape[-1]]
     return to_rgb(Image.fromarray(np.ascontiguousarray(arr), mode))

@@ -5,20 +5,31 @@ probabilities), or ``(B, num_features)`` pooled features with ``num_classes=0``.
 LayerNorm of the cls token (every released model); ``"avg"``: LayerNorm on every token, then the mean (the
 official order for models without a cls token). ``compile()`` has defaults for fine-tuning: AdamW without
 weight decay on norms, biases and the cls token (the official rule), sparse cross-entropy, accuracy.
+
+Raw pixels (keras-hub's ``classifier.preprocessor``): integer images (uint8 ``(B, H, W, 3)``) given to ``predict``,
+``predict_on_batch`` or an eager call are run through the attached :class:`~cvt.keras.preprocessor.
+CvTImagePreprocessor` (set by ``create_model`` / ``from_preset``; PIL resize + crop + normalisation on the host,
+exactly ``cvt predict``'s). Without one, or inside a traced function (``fit``, a ``jit``), integer inputs are refused
+in one :class:`~cvt.core.errors.UsageError` line: never run unnormalised.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from ..core.config import CvTConfig
+from ..core.errors import ImageError, UsageError
 from ..core.optim import decays
 from ..core.spec import PretrainedSpec
-from .backbone import CvTBackbone
+from .backbone import CvTBackbone, dtype_scope
 from .layers import layer_norm
+from .preprocessor import CvTImagePreprocessor
 
 POOLINGS = ("token", "avg")
 
@@ -33,6 +44,9 @@ class CvTImageClassifier(keras.Model):
         pooling: ``"token"`` / ``"avg"``; ``None``: ``"token"`` when the last stage has a cls token.
         activation: applied to the logits (``None``: logits; ``"softmax"``...): the port's ``classifier_activation``.
         pretrained_cfg: the :class:`PretrainedSpec` (preprocessing, labels) of the loaded weights, if any.
+        preprocessor: applied to integer (raw pixel) inputs (module docstring); ``None``: they are refused.
+        dtype: a Keras dtype policy for the final norm and head (``None``: the global one); the logits stay
+            float32.
     """
 
     def __init__(
@@ -42,7 +56,22 @@ class CvTImageClassifier(keras.Model):
         pooling: str | None = None,
         activation: str | None = None,
         pretrained_cfg: PretrainedSpec | dict[str, Any] | None = None,
+        preprocessor: CvTImagePreprocessor | dict[str, Any] | None = None,
+        dtype: Any = None,
         **kwargs: Any,
+    ) -> None:
+        with dtype_scope(dtype) as policy:
+            self._build_graph(backbone, num_classes, pooling, activation, **kwargs)
+        self.policy_name = policy
+        if isinstance(pretrained_cfg, dict):
+            pretrained_cfg = PretrainedSpec.from_dict(pretrained_cfg)
+        self.pretrained_cfg = pretrained_cfg
+        if isinstance(preprocessor, dict):
+            preprocessor = CvTImagePreprocessor.from_config(preprocessor)
+        self.preprocessor = preprocessor
+
+    def _build_graph(
+        self, backbone: CvTBackbone, num_classes: int | None, pooling: str | None, activation: str | None, **kwargs: Any
     ) -> None:
         cfg = backbone.cvt_config
         num_classes = cfg.num_classes if num_classes is None else int(num_classes)
@@ -75,9 +104,6 @@ class CvTImageClassifier(keras.Model):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.backbone, self.norm, self.head = backbone, norm, head
         self.num_classes, self.pooling, self.activation = num_classes, pooling, activation
-        if isinstance(pretrained_cfg, dict):
-            pretrained_cfg = PretrainedSpec.from_dict(pretrained_cfg)
-        self.pretrained_cfg = pretrained_cfg
 
     @property
     def cvt_config(self) -> CvTConfig:
@@ -112,6 +138,8 @@ class CvTImageClassifier(keras.Model):
             "pooling": self.pooling,
             "activation": self.activation,
             "pretrained_cfg": self.pretrained_cfg.to_dict() if self.pretrained_cfg is not None else None,
+            "preprocessor": self.preprocessor.get_config() if self.preprocessor is not None else None,
+            "dtype": self.policy_name,
         }
 
     @classmethod
@@ -119,3 +147,79 @@ class CvTImageClassifier(keras.Model):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
+
+    # ------------------------------------------------------------------ raw pixels (module docstring)
+    def _pixels(self, x: Any, entry: str) -> Any:
+        """``x``, or the attached preprocessor's batch when ``x`` is integer pixels; refuses them without one."""
+        if not _is_integer(x):
+            return x
+        shape = tuple(getattr(x, "shape", ()))
+        if self.preprocessor is None:
+            raise UsageError(
+                f"{entry}: got integer pixels {shape} and this classifier has no preprocessor: attach one "
+                "(model.preprocessor = cvt.keras.CvTImagePreprocessor(model.pretrained_cfg)) or pass float images "
+                "already resized and normalised (preprocessor(images)); never run unnormalised"
+            )
+        try:
+            return self.preprocessor(x)
+        except ImageError:
+            raise
+        except Exception:  # a symbolic tensor (keras.Input, jit tracer, tf.function) has no pixels on the host
+            raise UsageError(
+                f"{entry}: integer pixels {shape} inside a traced function cannot be preprocessed; run "
+                "model.preprocessor(images) on the host first (e.g. in the tf.data pipeline)"
+            ) from None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            args = (self._pixels(args[0], f"{type(self).__name__}.__call__"), *args[1:])
+        return super().__call__(*args, **kwargs)
+
+    def call(self, inputs: Any, training: bool | None = None, mask: Any = None) -> Any:
+        # traced paths (fit, evaluate, predict_step under jit) reach here without __call__ on some backends.
+        # NOTE the explicit `training` parameter: Keras passes the training flag only to a `call` that names it
+        # (a `*args, **kwargs` signature silently runs fit with BatchNorm in inference mode and no dropout).
+        if _is_integer(inputs):
+            raise UsageError(
+                f"{type(self).__name__}: integer pixels {tuple(inputs.shape)} reached the model inside a traced "
+                "function; run model.preprocessor(images) on the host first (e.g. in the tf.data pipeline)"
+            )
+        return super().call(inputs, training=training, mask=mask)
+
+    def predict(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        """Keras' ``predict``; integer pixel arrays go through ``self.preprocessor`` first (module docstring)."""
+        return super().predict(self._pixels(x, f"{type(self).__name__}.predict"), *args, **kwargs)
+
+    def predict_on_batch(self, x: Any) -> Any:
+        """Keras' ``predict_on_batch``; integer pixel arrays go through ``self.preprocessor`` first."""
+        return super().predict_on_batch(self._pixels(x, f"{type(self).__name__}.predict_on_batch"))
+
+    # ------------------------------------------------------------------ presets (cvt.keras.preset)
+    def save_to_preset(self, preset_dir: str | os.PathLike[str]) -> Path:
+        """keras-hub's preset directory: the backbone's files plus ``task.json``, ``task.weights.h5`` and
+        ``preprocessor.json`` (:func:`cvt.keras.preset.save_to_preset`)."""
+        from .preset import save_to_preset
+
+        return save_to_preset(self, preset_dir)
+
+    @classmethod
+    def from_preset(
+        cls, preset: str | os.PathLike[str], load_weights: bool = True, dtype: Any = None, **kwargs: Any
+    ) -> CvTImageClassifier:
+        """:func:`cvt.keras.preset.from_preset`: a preset directory, a registry name, a weight file or a hub
+        handle; ``classifier.preprocessor`` attached."""
+        from .preset import from_preset
+
+        return from_preset(preset, load_weights=load_weights, dtype=dtype, **kwargs)
+
+
+def _is_integer(x: Any) -> bool:
+    """Whether ``x`` is an array or tensor of integers (raw pixels), by its dtype alone (works on symbolic ones)."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        return False
+    try:
+        name = keras.backend.standardize_dtype(dtype)
+    except (ValueError, TypeError, AttributeError):
+        name = str(np.dtype(dtype)) if isinstance(dtype, np.dtype) else str(dtype)
+    return name.startswith(("uint", "int"))

@@ -26,14 +26,16 @@ import keras
 import numpy as np
 
 from ..core.config import CvTConfig
+from ..core.errors import UsageError
 from ..core.layouts import to_torch
 from ..core.loading import FitReport, Slot, match
-from ..core.presets import weight_source
+from ..core.presets import default_spec, get_config
 from ..core.spec import PretrainedSpec
-from ..core.weights import read_arrays, resolve, save_native_arrays, with_overrides
+from ..core.weights import LoadedArrays, read_arrays, resolve, save_native_arrays, with_overrides
 from .backbone import CvTBackbone
 from .classifier import CvTImageClassifier
 from .layers import skip_init
+from .preprocessor import CvTImagePreprocessor
 
 # Keras' own weight names -> the native (PyTorch) leaf names
 _LEAVES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
@@ -106,8 +108,38 @@ def load_state_dict(
     values, report = match(slots, sd, source=source)
     for name, arr in values.items():
         var = targets[name][0]
-        var.assign(arr.astype(keras.backend.standardize_dtype(var.dtype)))
+        dtype = keras.backend.standardize_dtype(var.dtype)
+        var.assign(arr if dtype == "bfloat16" else arr.astype(dtype))  # numpy has no bfloat16: Keras casts
     return report
+
+
+CREATE_KEYWORDS = (
+    "num_classes",
+    "activation",
+    "data_format",
+    "classifier_activation",
+    "pooling",
+    "load_weights",
+    "dtype",
+)
+
+
+def config_overrides() -> tuple[str, ...]:
+    """The top-level :class:`CvTConfig` fields a caller may override by keyword (``img_size``, ``init`` ...)."""
+    import dataclasses
+
+    return tuple(
+        f.name for f in dataclasses.fields(CvTConfig) if f.name not in ("stages", "num_classes", "activation", "name")
+    )
+
+
+def check_keywords(where: str, given: Mapping[str, Any], accepted: tuple[str, ...]) -> None:
+    """One :class:`~cvt.core.errors.UsageError` line for the first keyword of ``given`` not in ``accepted`` (nor a
+    config override), listing the accepted ones; not the ``TypeError`` of a dataclass deep inside."""
+    allowed = set(accepted) | set(config_overrides())
+    unknown = sorted(k for k in given if k not in allowed)
+    if unknown:
+        raise UsageError(f"{where}: unknown keyword argument {unknown[0]!r} (accepted: {', '.join(sorted(allowed))})")
 
 
 def create_model(
@@ -120,6 +152,8 @@ def create_model(
     data_format: str | None = None,
     classifier_activation: str | None = None,
     pooling: str | None = None,
+    load_weights: bool = True,
+    dtype: Any = None,
     **overrides: Any,
 ) -> CvTImageClassifier:
     """Build a Keras CvT classifier; the same names, weight sources and rules as :func:`cvt.create_model`.
@@ -128,7 +162,8 @@ def create_model(
         name: an architecture or checkpoint name (``cvt.core.list_models()``), a :class:`CvTConfig`, or ``None``
             to take the architecture from ``weights``.
         weights: a local weight file or directory in any supported layout (native / HF safetensors, official
-            ``.pth`` or HF ``.bin`` (read without torch), the TF port's ``.h5``).
+            ``.pth`` or HF ``.bin`` (read without torch), the TF port's ``.h5``, a ``cvt.keras`` preset directory),
+            or a hub id (``hf://owner/repo[@revision]``).
         pretrained: download the released checkpoint ``name`` from the Hugging Face hub (cached).
         num_classes: head size; ``None`` keeps the file's, another number puts a fresh head on the loaded
             backbone (fine-tuning), ``0`` removes it (pooled features out).
@@ -138,35 +173,78 @@ def create_model(
         data_format: ``"channels_last"`` (default: Keras' global setting) or ``"channels_first"``.
         classifier_activation: applied to the logits (``None``: logits; ``"softmax"``: probabilities).
         pooling: ``"token"`` / ``"avg"`` (``None``: the cls token when there is one).
-        **overrides: other top-level :class:`CvTConfig` fields (``img_size``, ``init``, ...).
+        load_weights: ``False``: the architecture (and spec) only, randomly initialised (keras-hub's keyword);
+            nothing is downloaded.
+        dtype: a Keras dtype policy name (``"float32"``, ``"bfloat16"``, ``"mixed_bfloat16"`` ...) for every
+            layer; ``None``: the global policy. Logits stay float32.
+        **overrides: other top-level :class:`CvTConfig` fields (``img_size``, ``init``, ...); any other keyword
+            is one :class:`~cvt.core.errors.UsageError` line listing the accepted ones.
 
     Returns:
-        The model (``model.pretrained_cfg``: preprocessing and labels; ``model.load_report``: what loading found,
-        a :class:`~cvt.core.loading.FitReport`).
+        The model (``model.pretrained_cfg``: preprocessing and labels; ``model.preprocessor``: the matching
+        :class:`CvTImagePreprocessor`; ``model.load_report``: what loading found, a
+        :class:`~cvt.core.loading.FitReport`).
     """
-    config, spec, loaded = resolve(name, weights=weights, pretrained=pretrained)
+    check_keywords("cvt.keras.create_model", overrides, CREATE_KEYWORDS)
+    if pretrained and not load_weights:  # the architecture of a released checkpoint: no download
+        if weights is not None:
+            raise UsageError("give either pretrained=True or weights=..., not both")
+        config = name if isinstance(name, CvTConfig) else get_config(str(name))
+        spec, loaded = default_spec(config), None
+    else:
+        config, spec, loaded = resolve(name, weights=weights, pretrained=pretrained)
     config, spec = with_overrides(config, spec, loaded, num_classes=num_classes, activation=activation, **overrides)
+    return build_model(
+        config,
+        spec,
+        loaded if load_weights else None,
+        data_format=data_format,
+        classifier_activation=classifier_activation,
+        pooling=pooling,
+        dtype=dtype,
+    )
+
+
+def build_model(
+    config: CvTConfig,
+    spec: PretrainedSpec | None,
+    loaded: LoadedArrays | None = None,
+    *,
+    data_format: str | None = None,
+    classifier_activation: str | None = None,
+    pooling: str | None = None,
+    dtype: Any = None,
+) -> CvTImageClassifier:
+    """The classifier for a resolved architecture and spec, with ``loaded``'s weights assigned when given (a
+    backbone alone, e.g. a backbone preset, leaves the final norm and head fresh, with a note in the report)."""
     with skip_init() if loaded is not None else contextlib.nullcontext():  # weights overwrite the init
-        backbone = CvTBackbone(config, data_format=data_format, name="backbone")
+        backbone = CvTBackbone(config, data_format=data_format, dtype=dtype, name="backbone")
     model = CvTImageClassifier(
         backbone,
         activation=classifier_activation,
         pooling=pooling,
         pretrained_cfg=spec,
+        preprocessor=CvTImagePreprocessor(spec, backbone.data_format) if spec is not None else None,
+        dtype=dtype,
         name=config.name.replace("-", "_"),
     )
     model.load_report = FitReport()
     if loaded is not None:
-        model.load_report = load_state_dict(model, loaded.state_dict, source=loaded.path)
+        if any(k.startswith("stages.") for k in loaded.state_dict) and "norm.weight" not in loaded.state_dict:
+            model.load_report = load_state_dict(model.backbone, loaded.state_dict, source=loaded.path)
+            model.load_report.notes.append("fresh final norm and head: the weights hold a backbone only")
+        else:
+            model.load_report = load_state_dict(model, loaded.state_dict, source=loaded.path)
     model.load_notes = model.load_report.notes  # the 0.2 name
     return model
 
 
-def from_preset(preset: str, **kwargs: Any) -> CvTImageClassifier:
-    """keras-hub's spelling: a registry checkpoint name (downloaded once, e.g. ``"cvt-13-384-22k"``), an
-    architecture name (random weights), or a local weight file / directory."""
-    source = weight_source(preset)
-    return create_model(source.name, weights=source.weights, pretrained=source.pretrained, **kwargs)
+def from_preset(preset: str | os.PathLike[str], load_weights: bool = True, dtype: Any = None, **kwargs: Any):
+    """keras-hub's spelling: :func:`cvt.keras.preset.from_preset` (a ``cvt.keras`` preset directory, a registry
+    checkpoint name (downloaded once), an architecture name, a weight file or directory, a hub id)."""
+    from .preset import from_preset as _from_preset
+
+    return _from_preset(preset, load_weights=load_weights, dtype=dtype, **kwargs)
 
 
 def save_native(
