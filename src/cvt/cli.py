@@ -4,15 +4,22 @@ Each verb is a function ``run_<verb>(...) -> int`` in ``cvt/commands/<module>.py
 verb's options (see :mod:`cvt.commands._signature`). Only the verb being run is imported, so ``cvt list`` and
 ``cvt --help`` need no torch. Exit status: 0 success, 1 some inputs failed, 2 usage error. Errors print one line
 (``cvt <verb>: error: ...``) and no traceback; ``--debug`` shows tracebacks.
+
+A reader that stops early (``cvt list --json | head -1``) ends the command quietly with status 0, as a closed pipe is
+the reader's choice, not a failure (Unix tools killed by SIGPIPE report 141, which ``set -o pipefail`` scripts then
+treat as an error; we do not). Library code reports through :mod:`logging` (loggers under ``cvt``); the command shows
+those records on stderr as one line each, warnings and up (``--debug``: everything).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import NoReturn
 
 from .commands._signature import add_function_arguments, call
@@ -68,6 +75,27 @@ def build_parser(verbs: Collection[str] | None = None) -> argparse.ArgumentParse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cvt`` command line; the exit status (see the module docstring)."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # a reader gone away shows here, not as a traceback while the interpreter exits
+        return status
+    except BrokenPipeError:
+        _discard_stdout()
+        return 0
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush of what is still buffered cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (an in-process caller's stdout)
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # NOTE the root options take no values, so the first word that is not an option names the verb
     verb = next((a for a in argv if not a.startswith("-")), "")
@@ -88,10 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
     try:
-        return int(call(args) or 0)
+        with _library_messages(args.debug):
+            return int(call(args) or 0)
     except KeyboardInterrupt:
         print(f"cvt {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise  # the reader closed the pipe: main ends quietly
     except (CvtError, OSError) as e:
         if args.debug:
             raise
@@ -105,6 +136,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+@contextlib.contextmanager
+def _library_messages(debug: bool) -> Iterator[None]:
+    """Show the records of cvt's loggers (``cvt.*``) on stderr as one line each while a verb runs, whatever
+    handlers the process already has (``basicConfig`` does nothing when the root logger has one, as under a test
+    runner or an application calling :func:`main`). They do not also propagate: that would print them twice."""
+    logger = logging.getLogger("cvt")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def _one_line(e: Exception) -> str:

@@ -4,6 +4,9 @@
 >>> p("cat.jpg")                                     # Prediction(path='cat.jpg', labels=[...], ...)
 >>> p([pil_image, np_hwc_uint8, "dog.png"], topk=3)  # a list in, a list out
 
+An exported ONNX file (``cvt export``) runs through onnxruntime, with the preprocessing and class names its
+metadata carries (:mod:`cvt.core.onnxmeta`): ``cvt.Predictor(weights="model.onnx")``.
+
 Inputs: paths, PIL images (any mode), numpy arrays (``(H, W)`` / ``(H, W, C)`` uint8 or uint16), uint8
 tensors ``(C, H, W)`` -- all decoded and preprocessed like the official evaluation -- and float tensors
 ``(3, H, W)`` / ``(B, 3, H, W)``, taken as already-preprocessed model input.
@@ -20,7 +23,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from .core.errors import ImageError, UsageError
+from .core import onnxmeta
+from .core.errors import ImageError, UsageError, WeightsError, require
 from .core.images import DEFAULT_MAX_PIXELS, load_image, to_pil
 from .core.labels import resolve_labels
 from .core.presets import DEFAULT_MODEL, default_spec, weight_source
@@ -80,7 +84,8 @@ class Predictor:
     Args:
         model: a checkpoint or architecture name, a :class:`~cvt.torch.model.CvT`, or ``None`` (``"cvt-13"``, or
             the architecture ``weights`` describes).
-        weights: a local weight file or directory (any layout ``create_model`` reads).
+        weights: a local weight file or directory (any layout ``create_model`` reads), or an ONNX file
+            (``.onnx``: run by onnxruntime, :class:`OnnxModel`; its metadata gives preprocessing and labels).
         pretrained: download the released checkpoint ``model``; ``None``: yes for a checkpoint name without
             ``weights``. ``False`` with no weights gives a randomly initialised model (demos, tests).
         labels: a label file (lines or JSON) or a list of names; default: the model's own names (HF
@@ -118,10 +123,16 @@ class Predictor:
         _at_least(topk=(topk, 1), batch_size=(batch_size, 1), num_workers=(num_workers, 0))
         if max_pixels is not None:
             _at_least(max_pixels=(max_pixels, 1))
-        self.device = resolve_device(device)
-        built = self._build(model, weights, pretrained, activation).to(self.device)
-        self.model = built.eval() if built.fused else fuse(built, cls_only=not explain, inplace=built is not model)
-        spec = getattr(self.model, "pretrained_cfg", None) or default_spec(self.model.config)
+        self.model: CvT | OnnxModel
+        if is_onnx(weights):
+            self.model = OnnxModel.for_predictor(weights, model, pretrained, activation, explain, device, preprocess)
+            self.device = torch.device("cpu")  # onnxruntime takes numpy from the CPU, whatever its provider
+            spec = self.model.spec
+        else:
+            self.device = resolve_device(device)
+            built = self._build(model, weights, pretrained, activation).to(self.device)
+            self.model = built.eval() if built.fused else fuse(built, cls_only=not explain, inplace=built is not model)
+            spec = getattr(self.model, "pretrained_cfg", None) or default_spec(self.model.config)
         self.preprocess = preprocess or spec.preprocess
         self.transform = build_eval_transform(self.preprocess)
         self.labels = resolve_labels(self.model.num_classes, spec.labels, labels)
@@ -227,6 +238,131 @@ class Predictor:
                 yield result
 
 
+def is_onnx(weights: object) -> bool:
+    """``weights`` names an ONNX file (by its suffix: what ``cvt export`` writes)."""
+    return isinstance(weights, (str, os.PathLike)) and os.fspath(weights).lower().endswith(".onnx")
+
+
+class OnnxModel:
+    """An exported classifier run by onnxruntime: ``(B, 3, H, W)`` float tensor -> ``(B, num_classes)`` logits.
+
+    ``spec``: preprocessing and class names from the file's metadata (:mod:`cvt.core.onnxmeta`). A file without
+    cvt's ``preprocess`` metadata (exported elsewhere) runs only with ``preprocess`` given: without it the error
+    names what is missing. Class names the file lacks come from ``labels=`` / ImageNet-1k / ``class_<i>`` as for
+    any model. onnxruntime is imported here, only when an ONNX file is given.
+    """
+
+    fused = True  # what the Predictor asks of a torch model: nothing to fold here
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        device: str | torch.device | None = None,
+        preprocess: EvalPreprocess | None = None,
+    ):
+        require("onnxruntime", "export", "running an ONNX file")
+        import onnxruntime as ort
+
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise WeightsError(f"{self.path}: no such file")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # onnxruntime's warnings are not the user's business; errors still raise
+        try:
+            self.session = ort.InferenceSession(self.path, opts, providers=_providers(ort, device))
+        except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail ...): one line
+            raise WeightsError(f"{self.path}: onnxruntime cannot load it ({' '.join(str(e).split())[:300]})") from None
+        self.input, self.output = self._io()
+        meta = onnxmeta.decode_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
+        lacking = onnxmeta.missing(meta) if preprocess is None else []
+        if lacking:
+            raise WeightsError(
+                f"{self.path}: no cvt metadata {', '.join(map(repr, lacking))} in this ONNX file (it was not written "
+                "by `cvt export`): re-export it with `cvt export`, or pass preprocess= to cvt.Predictor"
+            )
+        self.metadata = meta
+        self.config = meta.config
+        self.spec = meta.spec(preprocess or meta.preprocess)  # type: ignore[arg-type]  # checked just above
+        self.num_classes = self._classes()
+
+    @classmethod
+    def for_predictor(
+        cls,
+        path: str | os.PathLike[str],
+        model: object,
+        pretrained: bool | None,
+        activation: str | None,
+        explain: bool,
+        device: str | torch.device | None,
+        preprocess: EvalPreprocess | None,
+    ) -> OnnxModel:
+        """The :class:`Predictor` arguments an ONNX file leaves no room for, refused in one line each."""
+        if pretrained:
+            raise PredictorError(f"{path}: an ONNX file holds its weights; pretrained=True does not apply")
+        if explain:
+            raise PredictorError(f"{path}: attention maps (explain) need the PyTorch model, not an ONNX file")
+        if model is not None and not isinstance(model, str):
+            raise PredictorError("give a model or an ONNX file, not both")
+        onnx = cls(path, device, preprocess)
+        if model is not None and (onnx.config is None or model != onnx.config.name):
+            held = f"a {onnx.config.name}" if onnx.config is not None else "its own architecture"
+            raise PredictorError(f"{path}: the ONNX file holds {held}, not {model!r} (drop --model)")
+        if activation is not None and activation != onnx.metadata.activation:
+            raise PredictorError(
+                f"{path}: the ONNX graph computes {onnx.metadata.activation or 'its own activation'}; "
+                f"activation={activation!r} cannot change it (re-export)"
+            )
+        return onnx
+
+    def _io(self) -> tuple[str, str]:
+        """The names of the one image input (4-d) and the one logits output (2-d)."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(outputs) < 1 or len(outputs[0].shape) != 2:
+            shapes = (
+                ", ".join(f"{v.name} {v.shape}" for v in inputs)
+                + " -> "
+                + ", ".join(f"{v.name} {v.shape}" for v in outputs)
+            )
+            raise WeightsError(
+                f"{self.path}: not an image classifier with one (batch, 3, height, width) input and "
+                f"(batch, classes) logits ({shapes})"
+            )
+        return inputs[0].name, outputs[0].name
+
+    def _classes(self) -> int:
+        classes = self.session.get_outputs()[0].shape[-1]
+        if isinstance(classes, int) and classes > 0:
+            return classes
+        if self.config is not None and self.config.num_classes > 0:
+            return self.config.num_classes
+        raise WeightsError(f"{self.path}: the output {self.output!r} has no fixed number of classes")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` float32 -> ``(B, num_classes)`` logits (CPU tensors)."""
+        (logits,) = self.session.run([self.output], {self.input: x.detach().cpu().float().numpy()})
+        return torch.from_numpy(logits)
+
+
+def _providers(ort: object, device: str | torch.device | None) -> list[str]:
+    """onnxruntime's execution providers for a device name: the CPU, or CUDA when this onnxruntime has it."""
+    available = ort.get_available_providers()  # type: ignore[attr-defined]
+    if device is None or str(device) == "auto":  # as for torch models: CUDA when there is one, else the CPU
+        kind = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+    else:
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError) as e:
+            raise PredictorError(f"device {device!r}: not a device name ({e})") from None
+    if kind == "cpu":
+        return ["CPUExecutionProvider"]
+    if kind == "cuda" and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise PredictorError(
+        f"device {device!r}: this onnxruntime has no provider for it (available: {', '.join(available)}; "
+        "CUDA needs the onnxruntime-gpu package)"
+    )
+
+
 def _at_least(**values: tuple[int, int]) -> None:
     """Raise :class:`PredictorError` naming the first argument below its minimum (``name=(value, minimum)``)."""
     for name, (value, minimum) in values.items():
@@ -234,4 +370,4 @@ def _at_least(**values: tuple[int, int]) -> None:
             raise PredictorError(f"{name} must be >= {minimum}, got {value}")
 
 
-__all__ = ["BatchResult", "Prediction", "Predictor", "PredictorError"]
+__all__ = ["BatchResult", "OnnxModel", "Prediction", "Predictor", "PredictorError", "is_onnx"]

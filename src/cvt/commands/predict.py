@@ -42,12 +42,14 @@ def run_predict(
     progress: bool = True,
 ) -> int:
     """Classify images with a CvT. Without --weights the released checkpoint --model is downloaded once into the
-    Hugging Face cache. Preprocessing is the checkpoint's official one.
+    Hugging Face cache. Preprocessing is the checkpoint's official one (for an .onnx file: the one its metadata
+    holds; a file exported elsewhere, without it, is refused in one line).
 
     Args:
         paths: image files, directories (recursive) or quoted globs
         model: checkpoint or architecture name (default: cvt-13, or what --weights holds)
-        weights: local weights: official .pth, HF dir, cvt-torch file
+        weights: local weights: official .pth, HF dir, cvt-torch file, or an ONNX file from `cvt export` (run by
+            onnxruntime with the preprocessing and class names stored in it)
         labels: class names: one per line, or JSON (list or id2label)
         topk: classes per image
         batch_size: images per forward pass

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,8 @@ from ..core.classes import ClassMapping, EvalData, eval_samples, few, read_eval_
 from ..core.errors import DataError, ImageError
 from ..core.images import IMAGE_EXTENSIONS, load_image
 from ..core.labels import LabelSet
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- sources
@@ -211,8 +213,10 @@ def _none_readable(source: ImageFiles | DigitsImages, indices: Sequence[int]) ->
 
 
 def _warn(warn: Callable[[str], None] | None, line: str) -> None:
+    """``warn(line)``, else a warning through :mod:`logging` (``cvt.data.sources``): callers can silence or route
+    it, Python prints it on stderr when nothing is configured, and the ``cvt`` command shows it as one line."""
     if warn is None:
-        print(line, file=sys.stderr)
+        log.warning(line)
     else:
         warn(line)
 

@@ -117,6 +117,10 @@ def create_model(
 ) -> CvT:
     """Build a Flax :class:`CvT` in eval mode: the same resolution rule as :func:`cvt.create_model`.
 
+    With ``weights`` (or ``pretrained``) no initialiser runs: the model is built abstractly and filled from the
+    file (:func:`from_state_dict`); only a new head of another size is initialised. Run it through
+    :func:`cvt.flax.jit_forward`: eager NNX calls are many times slower.
+
     Args:
         name_or_config: an architecture or checkpoint name (``cvt-13``, ``cvt-13-384`` ...) or a config;
             ``None`` when ``weights`` describe themselves (native files, HF directories).

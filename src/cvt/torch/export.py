@@ -8,6 +8,10 @@ Every exporter gets a dynamic batch dimension; ONNX and the ExportedProgram also
 is valid for inputs whose every map, key/value maps included, is at least 2x2 (>= 64x64 for the released
 models; the exporter records that as a guard).
 
+ONNX files name their dynamic axes (``pixel_values`` ``(batch, 3, height, width)`` -> ``logits`` ``(batch,
+num_classes)``) and carry what a serving stack needs in ``metadata_props``: labels, preprocessing, activation, the
+config, the cvt version and the source (:mod:`cvt.core.onnxmeta`; :class:`cvt.Predictor` reads them back).
+
 Published only once verified: the file is written to a temporary file beside the destination, loaded back from
 there and run on several shapes; only when the largest absolute difference to eager PyTorch is <= ``atol`` is it
 renamed into place (:func:`cvt.core.files.atomic_write` with ``check``). A failed export leaves nothing at the
@@ -16,18 +20,24 @@ destination (an existing file there unchanged) and no temporary file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..core import onnxmeta
+from ..core.config import CvTConfig
 from ..core.errors import CvtError, first_line
 from ..core.export import DEFAULT_ATOL, check_atol
 from ..core.files import atomic_write, check_writable
+from ..core.presets import default_spec
+from ..core.spec import PretrainedSpec
 from .fusion import fuse
 from .model import CvT
 
@@ -74,6 +84,7 @@ def export_model(
     atol: float = DEFAULT_ATOL,
     check_shapes: Sequence[tuple[int, int, int, int]] | None = None,
     opset: int = 18,
+    source: str = "",
 ) -> ExportResult:
     """Export ``model`` (eval mode; a :class:`~cvt.torch.model.CvT` is fused first) to ``path``, verified before it is
     published there.
@@ -88,6 +99,8 @@ def export_model(
             shape-generic for this model anyway, and are checked on the same shapes).
         atol: largest accepted absolute difference to the eager (unfused) model on the check shapes (finite, >= 0).
         check_shapes: input shapes to verify on (default: batch 1 and 3, and a non-square size).
+        opset: the ONNX opset.
+        source: where the weights came from, for the ONNX metadata when the model's spec names nothing.
 
     Raises:
         ExportError: the exporter failed, or outputs differ by more than ``atol`` (nothing is written).
@@ -107,7 +120,8 @@ def export_model(
     example = torch.randn(2, 3, size, size)
     shapes = list(check_shapes or default_check_shapes(size, dynamic_hw))
     try:
-        save, load = _exporter(fmt, wrapped, example, dynamic_hw, opset)
+        meta = onnx_metadata(model, None if dynamic_hw else size, source) if fmt == "onnx" else {}
+        save, load = _exporter(fmt, wrapped, example, dynamic_hw, opset, meta)
     except ExportError:
         raise
     except Exception as e:  # exporters raise many types; report one line
@@ -158,14 +172,31 @@ Saver = Callable[[Path], None]
 Loader = Callable[[Path], Callable[[torch.Tensor], Any]]
 
 
+def onnx_metadata(model: nn.Module, static_size: int | None = None, source: str = "") -> dict[str, str]:
+    """The ``metadata_props`` an ONNX export of ``model`` carries (:func:`cvt.core.onnxmeta.encode_metadata`).
+
+    ``static_size``: the fixed input size of an export without dynamic height and width; the preprocessing then
+    produces that size (keeping the checkpoint's crop rule), so the file's own metadata runs it.
+    """
+    config = getattr(model, "config", None)
+    config = config if isinstance(config, CvTConfig) else None
+    spec = getattr(model, "pretrained_cfg", None)
+    if not isinstance(spec, PretrainedSpec):  # a model built outside cvt's factory: the config's default
+        spec = default_spec(config) if config is not None else None
+    if spec is not None and static_size is not None and static_size != spec.preprocess.img_size:
+        spec = spec.replace(preprocess=dataclasses.replace(spec.preprocess, img_size=static_size))
+    return onnxmeta.encode_metadata(config, spec, source=source)
+
+
 def _exporter(
-    fmt: str, wrapped: nn.Module, example: torch.Tensor, dynamic_hw: bool, opset: int
+    fmt: str, wrapped: nn.Module, example: torch.Tensor, dynamic_hw: bool, opset: int, meta: dict[str, str]
 ) -> tuple[Saver, Loader]:
     """Trace / export once; ``(save(file), load(file) -> runner)`` for the format."""
     if fmt == "onnx":
         program = _onnx_program(wrapped, example, dynamic_hw, opset)
+        program.model.metadata_props.update(meta)
         # one self-contained file: external data would be named after the temporary file and lost by the rename
-        return (lambda tmp: program.save(str(tmp), external_data=False)), _onnx_runner
+        return (lambda tmp: program.save(str(tmp), external_data=False)), partial(_onnx_runner, expected=meta)
     if fmt == "torchscript":
         with torch.no_grad():
             traced = torch.jit.trace(wrapped, example, check_trace=False)
@@ -195,15 +226,16 @@ def _onnx_program(wrapped: nn.Module, example: torch.Tensor, dynamic_hw: bool, o
             wrapped,
             (example,),
             dynamo=True,
-            input_names=["pixel_values"],
-            output_names=["logits"],
-            dynamic_shapes={"pixel_values": _dims(dynamic_hw)},
+            input_names=[onnxmeta.INPUT_NAME],
+            output_names=[onnxmeta.OUTPUT_NAME],
+            # names, not Dim.DYNAMIC: the exporter gives the axes these names (and the output's batch the same)
+            dynamic_shapes={onnxmeta.INPUT_NAME: onnxmeta.INPUT_AXES if dynamic_hw else onnxmeta.STATIC_INPUT_AXES},
             opset_version=opset,
             verbose=False,
         )
 
 
-def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+def _onnx_runner(path: Path, expected: Mapping[str, str]) -> Callable[[torch.Tensor], torch.Tensor]:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -211,6 +243,11 @@ def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    # what a serving stack will read: the metadata as written
+    stored = session.get_modelmeta().custom_metadata_map
+    lost = sorted(k for k, v in expected.items() if stored.get(k) != v)
+    if lost:
+        raise ExportError(f"the written ONNX file lost its metadata ({', '.join(lost)}); not written")
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(["logits"], {"pixel_values": x.numpy()})[0])

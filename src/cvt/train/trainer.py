@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import shutil
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,8 @@ from .distributed import DistInfo
 from .ema import ModelEma
 from .optim import build_optimizer, lr_at
 from .sampler import EpochBatchSampler, ShardSampler
+
+log = logging.getLogger(__name__)
 
 # What a run writes in its directory (--overwrite removes them and the tensorboard/ folder).
 OWNED_FILES = (
@@ -199,7 +201,7 @@ def setup(
     except UsageError as e:
         raise TrainConfigError(f"run.device: {e}") from None
     echo = echo if info.is_main else _silent
-    warn = _stderr if info.is_main else _silent
+    warn = _log_warning if info.is_main else _silent
     recipe_data, augment, run = cfg.data, cfg.augment, cfg.run
     data = _sources(recipe_data, warn)
     preprocess = EvalPreprocess(
@@ -262,8 +264,10 @@ def _silent(_line: str) -> None:
     pass
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)
+def _log_warning(line: str) -> None:
+    """A warning about the data (``warning: ...``) through :mod:`logging` (logger ``cvt.train``): callers can
+    silence or route it; with no logging configured Python still prints it on stderr, and ``cvt train`` shows it."""
+    log.warning(line)
 
 
 def tensorboard_writer() -> type:
