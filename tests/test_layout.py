@@ -3,8 +3,8 @@
 1. ``cvt.core`` imports no deep-learning framework and nothing of ``cvt`` outside itself.
 2. The front-ends ``cvt.torch``, ``cvt.keras``, ``cvt.flax`` import only the core, their own package and their
    own framework: never another front-end, another framework, or the application.
-3. The application (everything else: predict, eval, train, data, bench, timm, serve, commands, cli) imports front-ends and the
-   core, never the reverse; inside it imports flow one way: cli -> commands -> tasks -> data.
+3. The application (everything else: predict, eval, train, data, bench, timm, serve, commands, cli) imports
+   front-ends and the core, never the reverse; inside it imports flow one way: cli -> commands -> tasks -> data.
 """
 
 from __future__ import annotations

@@ -59,7 +59,9 @@ def run_export(
         return _export_keras(out, model, weights, format, resolution, atol)
     # export_model fuses the model itself and verifies the export against this unfused reference
     source = str(weights) if weights is not None else ""  # for the ONNX metadata when the spec names no source
-    res = export_model(create_model(model, weights=weights), out, format, resolution, not static_hw, atol, source=source)
+    res = export_model(
+        create_model(model, weights=weights), out, format, resolution, not static_hw, atol, source=source
+    )
     shapes = ", ".join("x".join(map(str, s)) for s in res.checked_shapes)
     size = out.stat().st_size / 2**20
     print(f"wrote {out} ({format}, {size:.1f} MiB); max |diff| vs eager {res.max_abs_diff:.2e} on {shapes}")
