@@ -6,8 +6,14 @@ BIN    := $(VENV)/bin
 # nothing else can pull a CUDA build of torch.
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+# The timm interop environment (tests marked `timm`, area `interop`): timm needs torchvision, and the registry's
+# torchvision for the CPU torch above is a CUDA build that fails to import beside it, so timm gets its own venv
+# with a torch/torchvision pair that imports (CUDA builds; they run on the CPU; ~5.8 GB).
+INTEROP_VENV  ?= .venv-interop
+INTEROP_TORCH ?= torch==2.14.1 torchvision==0.29.1
+INTEROP_STAMP := $(INTEROP_VENV)/.installed
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup interop demo test lint format clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +24,16 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+$(INTEROP_STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(INTEROP_VENV)
+	$(INTEROP_VENV)/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(INTEROP_VENV)/bin/python -m pip install -q $(INTEROP_TORCH) 2>&1 | grep -v "is ignored" || true
+	$(INTEROP_VENV)/bin/python -m pip install -q -e ".[timm]" pytest scikit-learn 2>&1 | grep -v "is ignored" || true
+	$(INTEROP_VENV)/bin/python -c "import torch, torchvision, timm, cvt; print('interop: timm', timm.__version__, 'torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $(INTEROP_STAMP)
+
+interop: $(INTEROP_STAMP)
 
 # The main job: train the embedded default (a small CvT on scikit-learn's digits; SVC printed beside it),
 # evaluate the final weights on the held-out split, classify a few held-out digits saved as PNG files.
@@ -30,7 +46,7 @@ demo: setup
 	@echo "plots: $(RUN)/learning_curve.png $(RUN)/confusion.png"
 
 # One pytest step per area (tests/areas.py): a failure names its area, and every area still runs.
-test: setup
+test: setup interop
 	$(BIN)/python tests/areas.py
 
 lint: setup
@@ -40,4 +56,4 @@ format: setup
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
+	rm -rf $(VENV) $(INTEROP_VENV) .pytest_cache .ruff_cache src/*.egg-info

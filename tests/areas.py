@@ -7,6 +7,10 @@
 Each test runs in exactly one area: the first whose marker expression selects it (the expressions exclude the
 areas before them). The last line sums every area as ``total: N passed, N failed, N skipped``; the exit status
 is non-zero when any area failed.
+
+The ``interop`` area (tests marked ``timm``) runs in its own environment, ``.venv-interop`` (``make interop``):
+timm needs torchvision, which the main environment's CPU torch cannot import. Without it that area fails in one
+line naming ``make interop``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # (area, marker) in order; an area takes the tests its marker selects that no earlier area took
 AREAS = [
     ("core-and-torch", None),  # no marker: the core, the PyTorch front-end, the CLI and the tasks
+    ("interop", "timm"),  # timm, in .venv-interop (INTERPRETERS); second, so every later area excludes it
     ("keras", "keras"),  # every Keras test, whatever else it is marked
     ("flax", "flax"),
     ("parity", "parity"),
@@ -29,6 +34,8 @@ AREAS = [
     ("train", "train"),
     ("slow", "slow"),  # real cvt-13/21/w24 sizes of the areas above that did not take them
 ]
+# areas run by another environment's interpreter (the default: the one running this script)
+INTERPRETERS = {"interop": ROOT / ".venv-interop" / "bin" / "python"}
 
 
 def expression(area: str) -> str:
@@ -57,8 +64,14 @@ def main(argv: list[str]) -> int:
         xml = results / f"{area}.xml"
         xml.unlink(missing_ok=True)
         print(f"\n=== area {area}: -m '{expression(area)}'", flush=True)
+        python = INTERPRETERS.get(area, Path(sys.executable))
+        if not python.exists():
+            print(f"=== area {area}: {python.relative_to(ROOT)} is missing: run `make interop`", flush=True)
+            failed_areas.append(area)
+            continue
         start = time.monotonic()
-        cmd = [sys.executable, "-m", "pytest", "-q", "-m", expression(area), f"--junitxml={xml}", *extra]
+        files = _marked_files(dict(AREAS)[area]) if area in INTERPRETERS else []
+        cmd = [str(python), "-m", "pytest", "-q", "-m", expression(area), f"--junitxml={xml}", *extra, *files]
         code = subprocess.call(cmd, cwd=ROOT)
         counts = _counts(xml)
         for key in totals:
@@ -74,6 +87,13 @@ def main(argv: list[str]) -> int:
         print(f"failed areas: {', '.join(failed_areas)}")
     print(f"total: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped")
     return 1 if failed_areas else 0
+
+
+def _marked_files(marker: str | None) -> list[str]:
+    """The test files that use ``pytest.mark.<marker>``: another environment collects only those (the others'
+    packages, transformers or jax, are not installed there, and their module-level skips would count)."""
+    tests = sorted((ROOT / "tests").glob("test_*.py"))
+    return [str(p.relative_to(ROOT)) for p in tests if f"pytest.mark.{marker}" in p.read_text(encoding="utf-8")]
 
 
 def _counts(xml: Path) -> dict[str, int]:

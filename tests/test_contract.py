@@ -187,3 +187,112 @@ def _group_key(matcher: dict, name: str) -> tuple[float, ...] | None:
 def test_no_weight_decay_names_exist():
     model = cvt.create_model("cvt-tiny")
     assert model.no_weight_decay() <= dict(model.named_parameters()).keys()
+
+
+# ---------------------------------------------------------------------------- timm's dialect (no timm needed)
+def test_create_model_takes_timms_common_kwargs():
+    model = cvt.create_model("cvt-tiny", drop_rate=0.25, drop_path_rate=0.2, global_pool="token")
+    assert model.config.head_drop_rate == 0.25 and model.global_pool == "token"
+    # a float: the last stage's rate, earlier stages 0 (the official DROP_PATH_RATE [0, 0, x]), ramped per block
+    assert [s.drop_path_rate for s in model.config.stages] == [0.0, 0.0, 0.2]
+    assert [b.drop_path.p for b in model.stages[2].blocks] == pytest.approx([0.0, 0.1, 0.2])
+    per_stage = cvt.create_model("cvt-tiny", drop_path_rate=(0.1, 0.2, 0.3))
+    assert [s.drop_path_rate for s in per_stage.config.stages] == [0.1, 0.2, 0.3]
+    assert [b.drop_path.p for b in per_stage.stages[1].blocks] == pytest.approx([0.0, 0.2])
+    kept = cvt.create_model("cvt-tiny")  # not given: the architecture's own (0.1 in the last stage)
+    assert [s.drop_path_rate for s in kept.config.stages] == [0.0, 0.0, 0.1] and kept.config.head_drop_rate == 0.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"bogus": 1, "other": 2}, r"create_model: unknown keyword arguments bogus, other \(accepted: .*drop_rate"),
+        ({"drop_block_rate": 0.1}, r"unknown keyword argument drop_block_rate \(accepted: .*global_pool"),
+        ({"global_pool": "avg"}, r"global_pool: 'avg' is not supported; cvt-tiny pools by its cls token \('token'"),
+        ({"drop_path_rate": [0.1, 0.2]}, r"drop_path_rate: expected a float .* or 3 per-stage rates"),
+        ({"drop_path_rate": 1.0}, r"stages\[2\]\.drop_path_rate: must be in \[0, 1\)"),
+        ({"drop_rate": 1.5}, r"drop_rate: must be in \[0, 1\)"),
+        (
+            {"pretrained_cfg_overlay": {"url": "x"}},
+            r"pretrained_cfg_overlay: 'url' cannot be applied .*file, num_classes\)",
+        ),
+        ({"pretrained_cfg_overlay": {"input_size": (3, 64, 32)}}, r"input_size: cvt's preprocessing takes \(3, s, s\)"),
+        ({"pretrained_cfg_overlay": {"crop_mode": "border"}}, r"crop_mode: 'border' is not supported"),
+    ],
+)
+def test_unusable_kwargs_are_one_line(kwargs, message):
+    with pytest.raises(ValueError, match=message) as e:
+        cvt.create_model("cvt-tiny", **kwargs)
+    assert isinstance(e.value, cvt.CvtError) and "\n" not in str(e.value)
+
+
+def test_pretrained_cfg_reads_as_timms_dict():
+    model = cvt.create_model("cvt-13-384")
+    spec = model.pretrained_cfg
+    assert isinstance(spec, PretrainedSpec) and model.default_cfg is spec  # the typed spec, as before
+    assert spec["input_size"] == (3, 384, 384) and spec["crop_pct"] == 1.0 and spec["crop_mode"] == "squash"
+    assert spec.get("mean") == (0.485, 0.456, 0.406) and spec.get("interpolation") == "bicubic"
+    assert spec["num_classes"] == 1000 and spec["first_conv"] == "stages.0.patch_embed.proj"
+    assert spec["classifier"] == "head" and spec.get("hf_hub_id") is None and "url" not in spec
+    assert dict(spec) == spec.to_timm() and spec.preprocess.img_size == 384  # both views
+    crop = cvt.create_model("cvt-tiny", pretrained_cfg_overlay={"label_names": ["a", "b"]}, num_classes=2)
+    assert crop.pretrained_cfg["crop_mode"] == "center" and crop.pretrained_cfg["label_names"] == ("a", "b")
+    # timm-style code that assigns a timm dict keeps our code working: it is read back as a spec
+    model.pretrained_cfg = {"input_size": (3, 256, 256), "crop_pct": 0.9, "url": "ignored", "hf_hub_id": None}
+    assert isinstance(model.pretrained_cfg, PretrainedSpec) and model.default_cfg["input_size"] == (3, 256, 256)
+    assert model.pretrained_cfg.preprocess.crop_pct == 0.9 and model.pretrained_cfg["crop_mode"] == "center"
+    named = PretrainedSpec(labels=["x", "y"], license="MIT")
+    assert PretrainedSpec.from_timm(dict(named)) == named and hash(named) == hash(PretrainedSpec.from_timm(named))
+
+
+def test_pretrained_cfg_overlay_changes_the_spec_and_file_gives_weights(tmp_path):
+    from cvt.torch.weights import save_native
+
+    overlay = {"input_size": (3, 96, 96), "crop_pct": 1.0, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    model = cvt.create_model("cvt-tiny", pretrained_cfg_overlay=overlay)
+    pre = model.pretrained_cfg.preprocess
+    assert (pre.img_size, pre.crop_pct, pre.mean, pre.std) == (96, 1.0, (0.5,) * 3, (0.5,) * 3)
+    assert model.pretrained_cfg["crop_mode"] == "squash"
+    source = cvt.create_model("cvt-tiny").eval()
+    path = save_native(source.state_dict(), source.config, tmp_path / "t.safetensors")
+    # timm's spelling for local weights: pretrained=True with the overlay's file (train.py --pretrained-path adds
+    # num_classes=-1, "adapt the head", which cvt does from the file's head on its own)
+    overlay = {"file": str(path), "num_classes": -1}
+    loaded = cvt.create_model("cvt-tiny", pretrained=True, pretrained_cfg_overlay=overlay)
+    assert loaded.load_report.ok and torch.equal(loaded.head.weight, source.head.weight)
+    with pytest.raises(ValueError, match="pretrained_cfg_overlay: give weights either as weights= or as its 'file'"):
+        cvt.create_model("cvt-tiny", weights=path, pretrained_cfg_overlay={"file": str(path)})
+
+
+def test_head_dropout_is_timms_drop_rate_and_round_trips(tmp_path):
+    from cvt.torch.weights import save_native
+
+    model = cvt.create_model("cvt-tiny", drop_rate=0.5)
+    x = _input(4)
+    plain = copy.deepcopy(model)
+    plain.config = plain.config.replace(head_drop_rate=0.0)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        torch.testing.assert_close(model.eval().forward_head(feats), plain.eval().forward_head(feats))  # eval: none
+        model.train()
+        dropped = model.forward_head(feats, pre_logits=True)  # as timm, on the pooled features
+        assert (dropped == 0).float().mean() > 0.3
+    assert "head_drop_rate" not in cvt.get_config("cvt-tiny").to_dict()  # files stay as cvt 0.3 wrote them
+    path = save_native(model.state_dict(), model.config, tmp_path / "d.safetensors")
+    assert cvt.create_model(weights=path).config.head_drop_rate == 0.5
+
+
+def test_reset_classifier_takes_timms_global_pool():
+    import dataclasses
+
+    model = _model("cvt-tiny")
+    model.reset_classifier(5, global_pool="token")
+    model.reset_classifier(6, None)
+    assert model.head.out_features == 6
+    with pytest.raises(ValueError, match=r"global_pool: 'avg' is not supported") as e:
+        model.reset_classifier(3, global_pool="avg")
+    assert isinstance(e.value, cvt.CvtError) and model.head.out_features == 6  # refused before changing anything
+    base = cvt.get_config("cvt-tiny")
+    no_cls = CvT(base.replace(stages=tuple(dataclasses.replace(s, cls_token=False) for s in base.stages)))
+    assert no_cls.global_pool == "avg"
+    no_cls.reset_classifier(2, global_pool="avg")

@@ -119,3 +119,67 @@ def test_a_view_past_its_storage_is_refused(tmp_path):
             dst.writestr(info, data)
     with pytest.raises(WeightsError, match="reaches element"):
         read_pickle(tmp_path / "bad.pth")
+
+
+# ---------------------------------------------------------------------------- timm's training checkpoints
+def _timm_style_checkpoint(tmp_path, zip_format: bool = True, ema: bool = True):
+    """What timm's ``CheckpointSaver`` writes (``model_best.pth.tar``), made with torch alone: the weights, EMA
+    weights, a real AdamW state after a step, the ``argparse.Namespace`` of the run's arguments, bookkeeping."""
+    import argparse
+
+    import cvt
+
+    model = cvt.create_model("cvt-tiny", num_classes=3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    model(torch.randn(2, 3, 64, 64)).logsumexp(dim=1).mean().backward()
+    opt.step()
+    args = argparse.Namespace(model="cvt_tiny", lr=1e-3, input_size=None, mean=None, model_kwargs={}, drop_path=0.1)
+    saved = {"epoch": 3, "arch": "cvt_tiny", "state_dict": model.state_dict(), "optimizer": opt.state_dict()}
+    saved.update(version=2, args=args, metric=50.0, saver={"checkpoint_files": [("checkpoint-3.pth.tar", 50.0)]})
+    if ema:
+        saved["state_dict_ema"] = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    path = tmp_path / "model_best.pth.tar"
+    torch.save(saved, path, _use_new_zipfile_serialization=zip_format)
+    return model.eval(), path
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_timm_checkpoints_pass_with_their_namespace_and_optimizer(tmp_path, zip_format):
+    import argparse
+
+    _, path = _timm_style_checkpoint(tmp_path, zip_format)
+    with torch.serialization.safe_globals([argparse.Namespace]):  # what timm's own loader allows
+        theirs = torch.load(path, weights_only=True)
+    ours = read_pickle(path)
+    assert isinstance(ours["args"], argparse.Namespace) and ours["args"] == theirs["args"]
+    _compare({k: v for k, v in ours.items() if k != "args"}, {k: v for k, v in theirs.items() if k != "args"})
+    assert ours["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
+
+
+def test_code_inside_a_namespace_is_still_refused(tmp_path, capsys):
+    import argparse
+
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "args": argparse.Namespace(x=_Evil())}, tmp_path / "evil.pth.tar")
+    with pytest.raises(WeightsError, match=r"possibly code.*builtin_*s?\.print.*torch\.load\(f, weights_only=False\)"):
+        read_pickle(tmp_path / "evil.pth.tar")
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_loaders_take_a_timm_checkpoints_state_dict(tmp_path):
+    import cvt
+
+    model, path = _timm_style_checkpoint(tmp_path)
+    loaded = cvt.create_model("cvt-tiny", weights=path)  # state_dict, not the EMA weights
+    assert loaded.num_classes == 3 and loaded.load_report.ok
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    ema_only = torch.load(path, weights_only=False)
+    ema_only.pop("state_dict")
+    torch.save(ema_only, tmp_path / "ema_only.pth.tar")
+    with pytest.raises(WeightsError, match=r"holds EMA weights only \(state_dict_ema\); .*use_ema=True\)$") as e:
+        cvt.create_model("cvt-tiny", weights=tmp_path / "ema_only.pth.tar")
+    assert "clean_checkpoint" in str(e.value) and "\n" not in str(e.value)
+    torch.save({"epoch": 1, "args": None}, tmp_path / "empty.pth.tar")
+    with pytest.raises(WeightsError, match=r"does not contain a state dict \(a dict of args, epoch\)"):
+        cvt.create_model("cvt-tiny", weights=tmp_path / "empty.pth.tar")

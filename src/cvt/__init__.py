@@ -39,6 +39,7 @@ _TORCH_NAMES = {
     "fuse": "cvt.torch.fusion",
     "Prediction": "cvt.predict",
     "Predictor": "cvt.predict",
+    "save_pretrained": "cvt.torch.weights",
 }
 
 
@@ -76,4 +77,5 @@ __all__ = [
     "fuse",
     "get_config",
     "list_models",
+    "save_pretrained",
 ]

@@ -100,6 +100,7 @@ class CvTConfig:
     layer_norm_eps: float = 1e-5
     img_size: int = 224  # the resolution the model is meant for; any H, W works at run time
     name: str = "custom"
+    head_drop_rate: float = 0.0  # dropout on the pooled features before the head (timm's drop_rate; official: 0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
@@ -116,6 +117,7 @@ class CvTConfig:
         _check(self.init in INITS, "init", f"{self.init!r} is not one of {INITS}")
         _check(self.layer_norm_eps > 0, "layer_norm_eps", "must be > 0")
         _check(self.img_size >= 1, "img_size", f"must be >= 1, got {self.img_size}")
+        _check(0.0 <= self.head_drop_rate < 1.0, "head_drop_rate", f"must be in [0, 1), got {self.head_drop_rate}")
         for i, s in enumerate(self.stages):
             p = f"stages[{i}]."
             for name in ("embed_dim", "depth", "num_heads", "patch_size", "patch_stride", "kernel_qkv"):
@@ -192,6 +194,8 @@ class CvTConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["stages"] = [dataclasses.asdict(s) for s in self.stages]
+        if not self.head_drop_rate:  # written only when set, so files stay readable by cvt 0.3, which lacks it
+            del d["head_drop_rate"]
         return d
 
     @classmethod
@@ -248,8 +252,9 @@ class CvTConfig:
 
         return from_hf_config(hf, **overrides)
 
-    def to_hf_config(self, labels: Sequence[str] | None = None) -> dict[str, Any]:
-        """An HF ``config.json`` dict: :func:`cvt.core.spellings.to_hf_config`."""
+    def to_hf_config(self, labels: LabelSet | Sequence[str] | str | None = None) -> dict[str, Any]:
+        """An HF ``config.json`` dict (``labels``: names, a :class:`LabelSet` or a set's name such as
+        ``"imagenet-1k"``): :func:`cvt.core.spellings.to_hf_config`."""
         from .spellings import to_hf_config
 
         return to_hf_config(self, labels)

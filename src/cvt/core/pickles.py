@@ -9,7 +9,10 @@ A ``torch.save`` file is a pickle whose tensors point at raw storages by a persi
   and the raw bytes.
 
 The unpickler resolves only the globals a state dict needs (:data:`_ALLOWED`): the tensor and parameter
-rebuilders, the typed storage classes, ``OrderedDict``. Anything else (a class, a function: possibly code) is
+rebuilders, the typed storage classes, ``OrderedDict``, and ``argparse.Namespace``, the training arguments timm's
+``CheckpointSaver`` stores beside the weights (``model_best.pth.tar``: ``state_dict``, ``state_dict_ema``,
+``optimizer``, ``args``; timm's own loader allows it the same way). A ``Namespace`` holds attributes only and runs
+nothing when built; what it holds passes the same allow-list. Anything else (a class, a function: possibly code) is
 refused with the same words as ``torch.load(weights_only=True)``, so a hostile file never runs. Tensor views are
 checked against their storage before any byte is read through them. The result equals ``torch.load`` on the same
 file (``tests/test_pickles.py`` compares them).
@@ -17,6 +20,7 @@ file (``tests/test_pickles.py`` compares them).
 
 from __future__ import annotations
 
+import argparse
 import collections
 import io
 import os
@@ -49,6 +53,11 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 REFUSED = (
     "refused to load: the pickle contains objects other than tensors (possibly code); "
     "only weights_only pickles are accepted"
+)
+# what to do about it, appended to the refusal
+REFUSED_HINT = (
+    "if you trust the file, save its state dict alone: "
+    "torch.save(torch.load(f, weights_only=False)['state_dict'], 'weights.pth')"
 )
 
 
@@ -99,6 +108,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("collections", "OrderedDict"): collections.OrderedDict,
+    ("argparse", "Namespace"): argparse.Namespace,  # timm checkpoints' "args" (module docstring)
     **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGES.items()},
     ("torch.storage", "UntypedStorage"): _StorageType(np.uint8),
 }
@@ -221,7 +231,7 @@ def read_pickle(path: str | os.PathLike[str]) -> Any:
             zipped = f.read(2) == b"PK"  # a zip archive, possibly truncated (then BadZipFile below)
         return _read_zip(path) if zipped else _read_legacy(path)
     except Refused as e:
-        raise WeightsError(f"{path}: {REFUSED} (found {e})") from None
+        raise WeightsError(f"{path}: {REFUSED} (found {e}); {REFUSED_HINT}") from None
     except (zipfile.BadZipFile, EOFError, struct.error) as e:
         raise WeightsError(f"{path}: truncated or corrupt file ({first_line(e) or type(e).__name__})") from None
     except RecursionError:

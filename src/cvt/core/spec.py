@@ -8,7 +8,7 @@ next to the :class:`~cvt.core.config.CvTConfig`, so a file describes itself comp
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +65,8 @@ class EvalPreprocess:
         """From an HF ``preprocessor_config.json`` of a ConvNext/CvT image processor.
 
         ``size`` may be an int, ``{"shortest_edge": s}`` or ``{"height": h, "width": w}`` (square only);
-        as in transformers, ``crop_pct`` (default 224/256) only applies below 384.
+        as in transformers, ``crop_pct`` (default 224/256) only applies below 384. A ``ViTImageProcessor``
+        (what :meth:`to_hf_processor` writes for a squash below 384) resizes to ``size`` without a crop.
         """
         if not isinstance(d, Mapping):
             raise ConfigError(f"preprocessor_config: expected a JSON object, got {type(d).__name__}")
@@ -77,8 +78,10 @@ class EvalPreprocess:
         crop_pct = d.get("crop_pct") or 224 / 256
         if not isinstance(crop_pct, (int, float)) or isinstance(crop_pct, bool):
             raise ConfigError(f"preprocessor_config crop_pct: expected a number, got {crop_pct!r}")
-        crop = float(crop_pct) if size < 384 else 1.0
-        names = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+        # ViT's processor resizes to (height, width): no crop_pct; ConvNext's crops only below 384
+        squash = str(d.get("image_processor_type") or "").startswith(cls._SQUASH_PROCESSOR)
+        crop = float(crop_pct) if size < 384 and not squash else 1.0
+        names = dict(enumerate(cls._PIL_RESAMPLE))
         resample = d.get("resample", 3)
         if resample not in names:
             raise ConfigError(f"preprocessor_config resample: {resample!r} is not one of {sorted(names)} (PIL codes)")
@@ -97,14 +100,55 @@ class EvalPreprocess:
             kwargs["mean"], kwargs["std"] = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         return cls(**kwargs)
 
+    def to_hf_processor(self) -> dict[str, Any]:
+        """The HF ``preprocessor_config.json`` dict that prepares images as this does (inverse of
+        :meth:`from_hf_processor`: ``from_hf_processor(p.to_hf_processor()) == p``).
+
+        A crop below 384 and a squash at 384 and above: ``ConvNextImageProcessor`` (what the released CvTs on the
+        hub use). A squash below 384, which ConvNext's processor cannot spell (it always crops there):
+        ``ViTImageProcessor``. A crop at 384 and above has no spelling (ConvNext never crops there, ViT never
+        crops): :class:`ConfigError`. transformers floors the crop offset where we round (see the README).
+        """
+        size = self.img_size
+        if self.crop_pct < 1.0 and size >= 384:
+            raise ConfigError(
+                f"crop_pct: {self.crop_pct} at img_size {size} has no preprocessor_config.json spelling "
+                "(transformers' ConvNext image processor crops only below 384)"
+            )
+        common: dict[str, Any] = {
+            "do_resize": True,
+            "resample": self._PIL_RESAMPLE.index(self.interpolation),
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": list(self.mean),
+            "image_std": list(self.std),
+        }
+        if self.crop_pct >= 1.0 and size < 384:
+            return {"image_processor_type": self._SQUASH_PROCESSOR, "size": {"height": size, "width": size}, **common}
+        return {
+            "image_processor_type": "ConvNextImageProcessor",
+            "size": {"shortest_edge": size},
+            "crop_pct": self.crop_pct,
+            **common,
+        }
+
+    # PIL's resampling codes (what preprocessor_config.json's "resample" holds) by value
+    _PIL_RESAMPLE = ("nearest", "lanczos", "bilinear", "bicubic")
+    _SQUASH_PROCESSOR = "ViTImageProcessor"  # transformers' plain (height, width) resize, no crop
+
 
 @dataclass(frozen=True)
-class PretrainedSpec:
+class PretrainedSpec(Mapping[str, Any]):
     """Everything about a set of weights that is not architecture.
 
     ``labels``: the weights' class names (:class:`~cvt.core.labels.LabelSet`: names in index order, or the named
     set ``"imagenet-1k"``), or ``None`` when the weights carry none (then ``class_<i>`` is shown, or ImageNet for
     1000 classes). A list or tuple of names, or a set's name, is accepted and made a :class:`LabelSet`.
+
+    It is also timm's ``pretrained_cfg`` dict, read-only: ``spec["mean"]``, ``spec.get("crop_pct")``,
+    ``dict(spec)`` give timm's keys (:meth:`to_timm`), so ``timm.data.resolve_data_config(model=m)`` works on our
+    models; :meth:`from_timm` / :meth:`with_timm` read timm's keys back.
     """
 
     preprocess: EvalPreprocess = EvalPreprocess()
@@ -141,3 +185,119 @@ class PretrainedSpec:
             license=str(d.get("license") or ""),
             source=str(d.get("source") or ""),
         )
+
+    # ------------------------------------------------------------------ timm's dialect
+    # timm's pretrained_cfg names of the first convolution and the classifier (native state-dict names)
+    TIMM_FIRST_CONV = "stages.0.patch_embed.proj"
+    TIMM_CLASSIFIER = "head"
+    # the timm pretrained_cfg keys a spec can take (with_timm, timm's pretrained_cfg_overlay)
+    TIMM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode", "license", "label_names")
+
+    def to_timm(self) -> dict[str, Any]:
+        """timm's ``pretrained_cfg`` keys for these weights (what the mapping view shows).
+
+        ``crop_pct < 1`` is timm's ``crop_mode="center"`` (resize the short side to ``size / crop_pct``, centre
+        crop) and ``crop_pct == 1`` its ``"squash"`` (resize to ``size x size``): timm's transforms then equal ours.
+        ``num_classes`` (and ``label_names`` for names that are no named set) only when the weights carry names.
+        """
+        pre = self.preprocess
+        d: dict[str, Any] = {
+            "input_size": (3, pre.img_size, pre.img_size),  # mean/std have 3 values: 3 channels
+            "interpolation": pre.interpolation,
+            "crop_pct": pre.crop_pct,
+            "crop_mode": "center" if pre.crop_pct < 1.0 else "squash",
+            "mean": pre.mean,
+            "std": pre.std,
+            "fixed_input_size": False,  # any H, W runs
+            "first_conv": self.TIMM_FIRST_CONV,
+            "classifier": self.TIMM_CLASSIFIER,
+        }
+        if self.labels is not None:
+            d["num_classes"] = len(self.labels)
+            if self.labels.inline:  # a named set (imagenet-1k) timm finds from the class count itself
+                d["label_names"] = self.labels.names
+        if self.license:
+            d["license"] = self.license
+        return d
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_timm()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_timm())
+
+    def __len__(self) -> int:
+        return len(self.to_timm())
+
+    def with_timm(self, changes: Mapping[str, Any]) -> PretrainedSpec:
+        """This spec with timm ``pretrained_cfg`` keys changed (timm's ``pretrained_cfg_overlay``).
+
+        Accepted: :attr:`TIMM_KEYS`. ``crop_pct`` alone picks its mode (``< 1`` centre crop, ``1`` squash); timm's
+        other combinations (a centre crop at ``crop_pct`` 1, a squash below 1, ``border``) are not cvt's
+        preprocessing and raise :class:`ConfigError`, as does any other key.
+        """
+        unknown = sorted(set(changes) - set(self.TIMM_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"pretrained_cfg_overlay: {unknown[0]!r} cannot be applied to a cvt model (accepted: "
+                f"{', '.join(self.TIMM_KEYS)})"
+            )
+        pre = self.preprocess.to_dict()
+        if "input_size" in changes:
+            pre["img_size"] = self._timm_img_size(changes["input_size"])
+        for key in ("interpolation", "mean", "std"):
+            if key in changes:
+                pre[key] = changes[key]
+        pre["crop_pct"] = self._timm_crop_pct(changes, float(pre["crop_pct"]))
+        try:
+            preprocess = EvalPreprocess.from_dict(pre)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"pretrained_cfg_overlay: {e}") from None
+        spec = self.replace(preprocess=preprocess)
+        if "license" in changes:
+            spec = spec.replace(license=str(changes["license"] or ""))
+        if "label_names" in changes:
+            spec = spec.replace(labels=LabelSet.parse(tuple(changes["label_names"] or ())))
+        return spec
+
+    @classmethod
+    def from_timm(cls, cfg: Mapping[str, Any]) -> PretrainedSpec:
+        """A spec from a timm ``pretrained_cfg`` dict: the keys of :attr:`TIMM_KEYS` it holds (timm's ``url``,
+        ``hf_hub_id``, ... say nothing about preprocessing and are ignored). ``from_timm(s.to_timm()) == s`` but for
+        ``source`` and a named label set (``"imagenet-1k"``), which timm's dict does not carry."""
+        return cls().with_timm({k: v for k, v in cfg.items() if k in cls.TIMM_KEYS and v is not None})
+
+    @staticmethod
+    def _timm_img_size(input_size: Any) -> int:
+        """timm's ``input_size`` ``(3, s, s)`` -> ``s``; cvt's preprocessing is square, on 3 channels."""
+        try:
+            chans, height, width = (int(v) for v in input_size)
+        except (TypeError, ValueError):
+            raise ConfigError(f"input_size: expected (channels, height, width), got {input_size!r}") from None
+        if chans != 3 or height != width:
+            raise ConfigError(f"input_size: cvt's preprocessing takes (3, s, s), got {tuple(input_size)}")
+        return height
+
+    @staticmethod
+    def _timm_crop_pct(changes: Mapping[str, Any], current: float) -> float:
+        """cvt's ``crop_pct`` for timm's ``crop_pct`` / ``crop_mode`` changes (:meth:`with_timm`)."""
+        mode = changes.get("crop_mode")
+        pct = changes.get("crop_pct", current if mode is None else None)
+        if mode is None:  # crop_pct alone (or nothing): cvt's rule, < 1 crops and 1 squashes
+            return float(pct)
+        if mode == "squash":
+            pct = 1.0 if pct is None else float(pct)
+            if pct != 1.0:
+                raise ConfigError(
+                    f"crop_mode: 'squash' with crop_pct {pct} is not cvt's preprocessing (use crop_pct 1.0)"
+                )
+            return pct
+        if mode == "center":
+            pct = current if pct is None else float(pct)
+            if pct >= 1.0:
+                raise ConfigError(
+                    "crop_mode: 'center' with crop_pct 1.0 (crop the short side's square) is not cvt's preprocessing; "
+                    "use crop_pct < 1, or crop_mode 'squash'"
+                )
+            return pct
+        raise ConfigError(f"crop_mode: {mode!r} is not supported (cvt's preprocessing: 'center' or 'squash')")

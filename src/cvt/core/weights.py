@@ -37,7 +37,7 @@ from typing import Any
 
 from . import native, pickles, tfport
 from .config import CvTConfig, hf_labels
-from .errors import ConversionError, WeightsError, first_line
+from .errors import ConversionError, UnknownModelError, UsageError, WeightsError, first_line
 from .files import atomic_write
 from .keys import to_native
 from .loading import fit_report, head_classes
@@ -64,15 +64,31 @@ def _is_array(v: Any) -> bool:
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
-    """Find the state dict inside what a checkpoint file holds (plain, ``state_dict``, ``model`` ...)."""
+    """Find the state dict inside what a checkpoint file holds (plain, ``state_dict``, ``model`` ...).
+
+    A training checkpoint (timm's ``CheckpointSaver``: ``state_dict``, ``state_dict_ema``, ``optimizer``, ``args``)
+    gives its ``state_dict``, the weights timm's ``validate.py`` evaluates by default; its EMA weights are taken
+    on request only (``cvt.timm.clean_checkpoint(src, dst, use_ema=True)``), and an EMA-only file says so.
+    """
+
+    def _holds_arrays(inner: Any) -> bool:
+        return isinstance(inner, Mapping) and bool(inner) and all(_is_array(v) for v in inner.values())
+
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "model_state_dict", "module"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(_is_array(v) for v in inner.values()):
-                return dict(inner)
+            if _holds_arrays(obj.get(key)):
+                return dict(obj[key])
         arrays = {k: v for k, v in obj.items() if _is_array(v)}
         if arrays and len(arrays) == len(obj):
             return arrays
+        ema = next((k for k in ("state_dict_ema", "model_ema") if _holds_arrays(obj.get(k))), None)
+        if ema is not None:
+            raise WeightsError(
+                f"{path}: holds EMA weights only ({ema}); write them out with "
+                f"cvt.timm.clean_checkpoint({str(path)!r}, 'weights.safetensors', use_ema=True)"
+            )
+        keys = ", ".join(sorted(map(str, obj))[:8])
+        raise WeightsError(f"{path}: does not contain a state dict (a dict of {keys or 'nothing'})")
     raise WeightsError(f"{path}: does not contain a state dict (found {type(obj).__name__})")
 
 
@@ -88,7 +104,17 @@ def _load_safetensors(path: Path, framework: str) -> tuple[dict[str, Any], dict[
 
 
 def read_raw(path: Path, *, framework: str = "np") -> tuple[dict[str, Any], dict[str, str], Path]:
-    """``(arrays under the file's own names, safetensors metadata, weight file)`` for a file or a directory."""
+    """``(arrays under the file's own names, safetensors metadata, weight file)`` for a file or a directory.
+
+    A ``cvt.keras`` preset (a directory, or its ``model.weights.h5`` / ``task.weights.h5``) comes back as native
+    arrays with native metadata (its config and spec): :mod:`.kerasfile`.
+    """
+    from . import kerasfile
+
+    preset = path if path.is_dir() and kerasfile.is_preset(path) else kerasfile.preset_dir_of(path)
+    if preset is not None:
+        arrays, config, spec, weight_file = kerasfile.read_preset(preset)
+        return arrays, native.encode_metadata(config, spec), weight_file
     if path.is_dir():
         for name in WEIGHT_FILES:
             if (path / name).is_file():
@@ -203,8 +229,15 @@ def resolve(
     """``(architecture, spec, loaded weights or None)`` for a name / config and a weight source (module docstring).
 
     ``strict``: refuse weights that do not fit the architecture (:func:`check_fits`); off, a front-end may load
-    what fits (``cvt.create_model(..., strict=False)``).
+    what fits (``cvt.create_model(..., strict=False)``). A hub id, as ``name`` (``hf-hub:owner/repo``) or as
+    ``weights`` (``hf://owner/repo[@revision]``), is downloaded (cached) and read like a local directory
+    (:func:`resolve_hub`).
     """
+    hub_id = hub_request(name, weights)
+    if hub_id is not None:
+        hub_weights = pretrained and weights is not None  # (a hub id name with pretrained=True: timm's spelling)
+        return resolve_hub(hub_id, name, pretrained=hub_weights, framework=framework, check=check, strict=strict)
+    refuse_bare_repo(name, weights)
     if isinstance(name, CvTConfig):
         config: CvTConfig | None = name
     elif name is not None:
@@ -431,3 +464,57 @@ def save_native_arrays(
     arrays = {k: np.asarray(v, order="C") for k, v in state_dict.items()}  # NOTE: ascontiguousarray makes 0-d 1-d
     meta = native.encode_metadata(config, spec)
     return atomic_write(path, lambda tmp: save_safetensors_file(arrays, tmp, meta))
+
+
+# ---------------------------------------------------------------------------- weights named by a hub id
+def hub_request(name: str | CvTConfig | None, weights: str | os.PathLike[str] | None) -> Any:
+    """The :class:`~cvt.core.hub.HubId` a caller named (as ``name`` or as ``weights``), else ``None``.
+
+    Raises :class:`~cvt.core.errors.UsageError` when both name a source (a hub id name is itself the weights).
+    """
+    from .hub import parse_hub_id
+
+    name_id = parse_hub_id(name) if isinstance(name, str) else None
+    if name_id is not None and weights is not None:
+        raise UsageError(f"{name}: a hub id as the model name is the weights already; do not also give weights=")
+    return name_id or (parse_hub_id(weights) if weights is not None else None)
+
+
+def resolve_hub(
+    hub_id: Any, name: str | CvTConfig | None, *, pretrained: bool, framework: str, check: bool, strict: bool
+) -> tuple[CvTConfig, PretrainedSpec, LoadedArrays]:
+    """:func:`resolve` for weights in a hub repository: downloaded once (:func:`cvt.core.hub.download_repo`), then
+    read as a local directory; ``spec.source`` records ``hf://owner/repo@<commit>``.
+
+    A released checkpoint's repository (``hf-hub:microsoft/cvt-13``) means that checkpoint (its name: the registry's
+    labels and preprocessing, ``quick_gelu``) unless the caller names an architecture. Errors about the files name
+    the hub id and commit instead of the cache path.
+    """
+    from .hub import download_repo
+
+    if pretrained:
+        raise ValueError("give either pretrained=True or weights=..., not both")
+    path, commit = download_repo(hub_id)
+    if name is None or (isinstance(name, str) and name == hub_id.text):
+        name = hub_id.released.name if hub_id.released is not None else None
+    folder = path if path.is_dir() else path.parent
+    try:
+        config, spec, loaded = resolve(name, weights=path, framework=framework, check=check, strict=strict)
+    except WeightsError as e:
+        raise WeightsError(str(e).replace(str(folder), hub_id.at(commit))) from None
+    assert loaded is not None
+    return config, spec.replace(source=hub_id.at(commit)), loaded
+
+
+def refuse_bare_repo(name: str | CvTConfig | None, weights: str | os.PathLike[str] | None) -> None:
+    """A bare ``owner/repo`` that is no registry name or local path: refused in one line that says how to write it
+    as a hub id (:func:`cvt.core.hub.hub_hint`)."""
+    from .hub import hub_hint
+
+    if isinstance(name, str) and get_checkpoint(name) is None:
+        hint = hub_hint(name)
+        if hint is not None:
+            raise UnknownModelError(f"unknown model {name!r}; {hint}")
+    hint = hub_hint(weights) if weights is not None else None
+    if hint is not None:
+        raise WeightsError(f"{weights}: no such file or directory; {hint}")

@@ -15,10 +15,11 @@ State-dict names are the official ones with ``stage{i}`` spelled ``stages.{i}``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -32,7 +33,7 @@ from ..core.spec import PretrainedSpec
 from .fusion import fuse as fuse_model
 from .layers import Block, ConvEmbed, LayerNorm, to_tokens, tokens_to_map
 
-__all__ = ["CvT", "CvTStage", "count_parameters"]
+__all__ = ["CvT", "CvTStage", "as_spec", "check_global_pool", "count_parameters"]
 
 
 class CvTStage(nn.Module):
@@ -83,7 +84,7 @@ class CvT(nn.Module):
     def __init__(self, config: CvTConfig):
         super().__init__()
         self.config = config
-        self.pretrained_cfg: PretrainedSpec = default_spec(config)  # preprocessing, labels (create_model: the file's)
+        self.pretrained_cfg = default_spec(config)  # preprocessing, labels (create_model: the file's)
         self.load_report: FitReport | None = None  # what loading weights found (set by create_model)
         self.fused = False  # True after cvt.fuse: an inference-only rewrite that refuses .train()
         stages, in_chans = [], config.in_chans
@@ -113,6 +114,26 @@ class CvT(nn.Module):
     @property
     def has_cls_token(self) -> bool:
         return self.config.has_cls_token
+
+    @property
+    def global_pool(self) -> str:
+        """timm's name for how the head pools the tokens: ``"token"`` (the cls token) or ``"avg"`` (their mean)."""
+        return "token" if self.has_cls_token else "avg"
+
+    # ------------------------------------------------------------------ the weights' spec (timm: pretrained_cfg)
+    @property
+    def pretrained_cfg(self) -> PretrainedSpec:
+        """Preprocessing, labels, licence and source of the weights: a :class:`PretrainedSpec`, which also reads as
+        timm's ``pretrained_cfg`` dict (``m.pretrained_cfg["mean"]``, ``timm.data.resolve_data_config(model=m)``).
+        Assigning a timm dict stores it as a spec (:func:`as_spec`)."""
+        return self._pretrained_cfg
+
+    @pretrained_cfg.setter
+    def pretrained_cfg(self, spec: PretrainedSpec | Mapping[str, Any]) -> None:
+        self._pretrained_cfg = as_spec(spec)
+
+    # timm's older name for the same dict
+    default_cfg = pretrained_cfg
 
     @property
     def feature_info(self) -> list[dict[str, Any]]:
@@ -166,6 +187,8 @@ class CvT(nn.Module):
         With a cls token: LayerNorm on it. Without: LayerNorm on every token, then the mean (official order).
         """
         x = self.norm(x[:, 0]) if self.has_cls_token else self.norm(x).mean(dim=1)
+        if self.config.head_drop_rate:  # timm's drop_rate (as timm, on pre_logits too); the official model has none
+            x = F.dropout(x, self.config.head_drop_rate, self.training)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -277,8 +300,13 @@ class CvT(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head with a freshly initialised one (``0`` -> identity: pooled features out)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head with a freshly initialised one (``0`` -> identity: pooled features out).
+
+        ``global_pool``: timm's argument; ``None`` or the model's own pooling (:attr:`global_pool`), the only one
+        it has (:func:`check_global_pool`).
+        """
+        check_global_pool(self.config, global_pool)
         self.config = self.config.replace(num_classes=num_classes)
         ref = next(self.parameters())
         if num_classes > 0:
@@ -300,6 +328,32 @@ class CvT(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.config.name!r}, activation={self.config.activation!r}" + (", fused" if self.fused else "")
+
+
+def as_spec(spec: PretrainedSpec | Mapping[str, Any]) -> PretrainedSpec:
+    """A model's ``pretrained_cfg`` as a :class:`PretrainedSpec`: a spec as is, a timm ``pretrained_cfg`` dict read
+    by :meth:`PretrainedSpec.from_timm` (so timm-style code that assigns one keeps our code working)."""
+    if isinstance(spec, PretrainedSpec):
+        return spec
+    if isinstance(spec, Mapping):
+        return PretrainedSpec.from_timm(spec)
+    raise UsageError(
+        f"pretrained_cfg: expected a PretrainedSpec or a timm pretrained_cfg dict, got {type(spec).__name__}"
+    )
+
+
+def check_global_pool(config: CvTConfig, global_pool: str | None) -> None:
+    """Refuse (one :class:`UsageError` line) a timm ``global_pool`` other than the model's own.
+
+    A CvT pools the way its weights were trained: by the last stage's cls token (``"token"``) when it has one, else
+    by the mean of the normed tokens (``"avg"``). ``None`` (timm: keep the current pooling) is always accepted.
+    """
+    own = "token" if config.has_cls_token else "avg"
+    if global_pool is not None and global_pool != own:
+        how = "its cls token" if own == "token" else "the mean of its tokens"
+        raise UsageError(
+            f"global_pool: {global_pool!r} is not supported; {config.name} pools by {how} ({own!r}, or None)"
+        )
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
