@@ -29,7 +29,7 @@ from .core import (
     list_models,
 )
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 # name -> module, imported on first access (PEP 562), so `import cvt` needs no torch
 _TORCH_NAMES = {
