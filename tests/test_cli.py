@@ -14,7 +14,7 @@ import cvt
 from cvt.cli import main
 from cvt.torch.weights import save_official
 
-VERBS = ["list", "info", "convert", "predict", "train", "eval", "export", "bench"]
+VERBS = ["list", "info", "convert", "predict", "train", "eval", "export", "bench", "serve"]
 
 
 def _help(capsys, *argv: str) -> str:
