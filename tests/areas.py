@@ -31,6 +31,7 @@ AREAS = [
     ("parity", "parity"),
     ("hub", "hub"),
     ("export", "export"),
+    ("serve", "serve"),  # a real uvicorn server on loopback; the page in headless Chromium
     ("train", "train"),
     ("slow", "slow"),  # real cvt-13/21/w24 sizes of the areas above that did not take them
 ]

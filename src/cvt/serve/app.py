@@ -309,6 +309,8 @@ def create_app(
         title="cvt serve",
         summary="CvT image classification: top-k classes and attention maps",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's /docs and /redoc pages load their scripts from a CDN: nothing here may need one
+        redoc_url=None,
     )
     app.state.server = server
     _handlers(app, server)
