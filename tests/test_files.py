@@ -14,6 +14,7 @@ import pytest
 from conftest import read_only_dir
 from cvt.core.errors import WriteError
 from cvt.core.files import (
+    OutputKind,
     atomic_write,
     atomic_write_dir,
     check_writable,
@@ -172,11 +173,16 @@ def test_directory_outputs(tmp_path):
     (out / "README").write_text("mine")
     (out / "variables" / "stale").write_text("old")
     (out / "config.json").write_text("old")
-    atomic_write_dir(out, _fill)
+    # a directory its writer does not recognise as its own output: same-named entries are never replaced
+    with pytest.raises(WriteError, match=r"config\.json"):
+        atomic_write_dir(out, _fill)
+    assert (out / "config.json").read_text() == "old" and (out / "variables" / "stale").is_file()
+    ours = OutputKind("test output", ("config.json", "variables"), "always ours", lambda d: True)
+    atomic_write_dir(out, _fill, kind=ours)
     assert sorted(os.listdir(out)) == ["README", "config.json", "variables"]
     assert os.listdir(out / "variables") == ["data"] and (out / "config.json").read_text() == "{}"
     with pytest.raises(_Refused):
-        atomic_write_dir(out, _fill, check=_refuse)
+        atomic_write_dir(out, _fill, check=_refuse, kind=ours)
     assert sorted(os.listdir(out)) == ["README", "config.json", "variables"]
     with pytest.raises(_Refused):
         atomic_write_dir(tmp_path / "b" / "c", _fill, check=_refuse)
@@ -191,7 +197,7 @@ def test_directory_outputs(tmp_path):
     (out / "config.json").mkdir()  # an entry of the wrong kind: refused before anything moves
     (out / "variables" / "data").write_text("before")
     with pytest.raises(WriteError, match=r"config\.json: is a directory"):
-        atomic_write_dir(out, _fill)
+        atomic_write_dir(out, _fill, kind=ours)
     assert (out / "variables" / "data").read_text() == "before" and _leftovers(out) == []
 
 

@@ -181,3 +181,21 @@ print(len(train), len(held_out))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["1437", "360"]
+
+
+def test_training_targets_follow_one_rule_in_every_front_end():
+    """Integer class indices in [0, K): floats, bools and out-of-range indices are one DataError line (the rule
+    cvt.train's loop, cvt.flax.train and cvt.keras' fit all call)."""
+    import numpy as np
+    import torch
+
+    from cvt.core.errors import DataError
+    from cvt.core.labels import check_class_indices
+
+    check_class_indices(np.array([0, 9]), 10)
+    check_class_indices(torch.tensor([3, 4]), 10)
+    for bad, words in (([0, 10], "10 is out of range"), ([-5], "-5 is out of range"), ([0.5], "dtype float64")):
+        with pytest.raises(DataError, match=words):
+            check_class_indices(np.array(bad), 10)
+    with pytest.raises(DataError, match="dtype bool"):
+        check_class_indices(np.array([True]), 10)

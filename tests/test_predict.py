@@ -235,6 +235,14 @@ def test_explain_writes_pngs(hf_dirs, tmp_path, capsys):
     for rec in json.loads(out):
         png = Image.open(rec["explain"])
         assert png.format == "PNG" and png.size[0] == 2 * 224 + 24 and png.size[1] > 224
+    # a user's own file of the same name in the folder is never replaced: the overlay is written beside it;
+    # our own overlay from the run above is replaced in place
+    mine = tmp_path / "ex" / "rocket.png"
+    Image.new("RGB", (5, 5)).save(mine)
+    rc, out, _ = _run(capsys, *paths, "--weights", dirs[224], "--explain", tmp_path / "ex", "--format", "json")
+    assert rc == 0 and Image.open(mine).size == (5, 5)
+    written = sorted(Path(r["explain"]).name for r in json.loads(out))
+    assert written == ["chelsea.png", "rocket-1.png"]
     p = cvt.Predictor(weights=dirs[384], device="cpu", explain=True)
     x = torch.stack([p.prepare(Image.open(q)) for q in paths])  # (2, 3, 384, 384)
     heat = cls_attention(p.model, x)

@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .core.evaluation import NON_FINITE, NonFiniteOutputError
+
 # the slots of the running sums, one float64 vector so that one all_reduce adds them all up
-LOSS_SUM, TOP5_HITS, IMAGES, SKIPPED = range(4)
+LOSS_SUM, TOP5_HITS, IMAGES, SKIPPED, NON_FINITE_IMAGES = range(5)
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class EvalResult:
 
     ``per_class``: ``K`` accuracies, ``None`` for classes without images; ``confusion``: ``K x K`` counts (rows:
     true class, columns: top-1 prediction); ``skipped_files``: the first 20 ``"path: reason"`` of the ``skipped``
-    unreadable images.
+    unreadable images; ``non_finite``: images whose output held NaN or inf (left out of every number).
     """
 
     n: int
@@ -38,6 +40,7 @@ class EvalResult:
     images_per_s: float
     skipped: int
     skipped_files: list[str] = field(default_factory=list)
+    non_finite: int = 0  # images whose output held NaN or inf: counted nowhere else
 
 
 @torch.no_grad()
@@ -51,12 +54,16 @@ def evaluate(
     channels_last: bool = False,
     all_reduce: Callable[[torch.Tensor], Any] | None = None,
 ) -> EvalResult:
-    """Run ``model`` (in eval mode, restored afterwards) over ``loader``; see :class:`EvalResult`."""
+    """Run ``model`` (in eval mode, restored afterwards) over ``loader``; see :class:`EvalResult`.
+
+    Images whose output holds NaN or inf count in ``non_finite`` only, never in an accuracy or the loss (the rule
+    of :func:`cvt.core.evaluation.finite_rows`); ``cvt eval`` refuses such a result (:func:`check_finite`).
+    """
     device = torch.device(device)
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # indexed by LOSS_SUM, TOP5_HITS, IMAGES, SKIPPED
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # indexed by LOSS_SUM, TOP5_HITS, ... NON_FINITE_IMAGES
     skipped_files: list[str] = []
     t0 = time.perf_counter()
     for images, labels, bad in loader:
@@ -71,6 +78,9 @@ def evaluate(
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
         logits = logits.float()
+        finite = torch.isfinite(logits).all(dim=1)  # (B,): the rule of cvt.core.evaluation.finite_rows
+        sums[NON_FINITE_IMAGES] += (~finite).sum()
+        logits, labels = logits[finite], labels[finite]
         sums[LOSS_SUM] += F.cross_entropy(logits, labels, reduction="sum").double()
         top = logits.topk(min(5, num_classes), dim=1).indices  # (B, 5)
         sums[TOP5_HITS] += (top == labels[:, None]).any(dim=1).sum()
@@ -97,4 +107,13 @@ def evaluate(
         images_per_s=n / elapsed if elapsed > 0 else 0.0,
         skipped=int(sums[SKIPPED]),
         skipped_files=skipped_files[:20],
+        non_finite=int(sums[NON_FINITE_IMAGES]),
     )
+
+
+def check_finite(result: EvalResult, what: str) -> None:
+    """Raise :class:`~cvt.core.evaluation.NonFiniteOutputError` naming ``what`` (the data) when any image's output
+    was not finite: the numbers of the others would hide that the model fails on these."""
+    if result.non_finite:
+        total = result.n + result.non_finite
+        raise NonFiniteOutputError(f"{what}: {NON_FINITE} ({result.non_finite} of {total} readable images)")

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from .core import onnxmeta
 from .core.errors import ImageError, UsageError, WeightsError, require
+from .core.evaluation import NON_FINITE, NonFiniteOutputError, finite_rows
 from .core.images import DEFAULT_MAX_PIXELS, load_image, to_pil
 from .core.labels import resolve_labels
 from .core.presets import DEFAULT_MODEL, default_spec, weight_source
@@ -182,17 +183,30 @@ class Predictor:
 
     # ------------------------------------------------------------------ public calls
     def predict(self, inputs: Sequence[Any] | torch.Tensor, topk: int | None = None) -> list[Prediction]:
-        """Top-k for each input (raises :class:`~cvt.core.errors.ImageError` on an unusable one)."""
+        """Top-k for each input (raises :class:`~cvt.core.errors.ImageError` on an unusable one, and
+        :class:`~cvt.core.evaluation.NonFiniteOutputError` naming the first input whose output is NaN or inf)."""
         if isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and inputs.ndim == 4:
-            return self._records(self.probabilities(inputs), [None] * len(inputs), topk)
+            probs = self.probabilities(inputs)
+            self._refuse_non_finite(probs, [f"input {i}" for i in range(len(inputs))])
+            return self._records(probs, [None] * len(inputs), topk)
         out: list[Prediction] = []
         items = list(inputs)
         for start in range(0, len(items), self.batch_size):
             chunk = items[start : start + self.batch_size]
             x = torch.stack([self.prepare(it) for it in chunk])
             paths = [os.fspath(it) if isinstance(it, (str, os.PathLike)) else None for it in chunk]
-            out.extend(self._records(self.probabilities(x), paths, topk))
+            probs = self.probabilities(x)
+            self._refuse_non_finite(probs, [p if p is not None else f"input {start + j}" for j, p in enumerate(paths)])
+            out.extend(self._records(probs, paths, topk))
         return out
+
+    @staticmethod
+    def _refuse_non_finite(probs: torch.Tensor, names: Sequence[str]) -> None:
+        """Raise :class:`NonFiniteOutputError` naming the first input whose ``(B, K)`` probabilities are not finite."""
+        finite = finite_rows(probs.numpy())
+        if not finite.all():
+            first = int((~finite).nonzero()[0][0])
+            raise NonFiniteOutputError(f"{names[first]}: {NON_FINITE}")
 
     def __call__(self, inputs: Any, topk: int | None = None) -> Prediction | list[Prediction]:
         """One input -> one :class:`Prediction`; a list (or a ``(B, 3, H, W)`` float tensor) -> a list."""
@@ -207,7 +221,8 @@ class Predictor:
     ) -> Iterator[BatchResult]:
         """Classify files in batches (decoding in ``num_workers`` DataLoader workers), in input order.
 
-        Bad files never stop the run: they come back in ``BatchResult.failures`` as ``"path: reason"``.
+        Bad files never stop the run: they come back in ``BatchResult.failures`` as ``"path: reason"``, as do files
+        whose output is not finite (NaN or inf: :data:`cvt.core.evaluation.NON_FINITE`).
         With ``explain`` (which needs ``Predictor(..., explain=True)``) each batch also carries its inputs and
         last-layer cls attention maps.
         """
@@ -228,12 +243,18 @@ class Predictor:
             for start, (x, positions, skipped) in zip(range(0, len(paths), self.batch_size), loader):
                 kept = positions.tolist()
                 failed = sorted(set(range(start, min(start + self.batch_size, len(paths)))) - set(kept))
-                result = BatchResult([], [(paths[i], msg) for i, msg in zip(failed, skipped)])  # both in input order
+                failures = dict(zip(failed, skipped))
+                result = BatchResult([], [])
                 if kept:
-                    result.predictions = self._records(self.probabilities(x), [paths[i] for i in kept], topk)
-                    if explain:
-                        result.inputs = x
-                        result.heatmaps = cls_attention(self.model, x.to(self.device)).cpu()
+                    probs = self.probabilities(x)
+                    finite = torch.from_numpy(finite_rows(probs.numpy()))  # NaN / inf: that input's error
+                    failures.update({i: f"{paths[i]}: {NON_FINITE}" for i, ok in zip(kept, finite.tolist()) if not ok})
+                    good = [i for i, ok in zip(kept, finite.tolist()) if ok]
+                    result.predictions = self._records(probs[finite], [paths[i] for i in good], topk)
+                    if explain and good:
+                        result.inputs = x[finite]
+                        result.heatmaps = cls_attention(self.model, result.inputs.to(self.device)).cpu()
+                result.failures = [(paths[i], failures[i]) for i in sorted(failures)]  # in input order
                 bar.update(len(kept) + len(failed))
                 yield result
 

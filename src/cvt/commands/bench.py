@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import torch
 
 from ..bench import Case, format_table, run_benchmark
+from ..core import bounds
 from ..core.errors import UsageError, require
 from ..core.files import check_writable, write_text
 from ..core.hub import is_hub_id
@@ -55,6 +56,7 @@ def run_bench(
         json_path: also write the full report as JSON
     """
     # NOTE every argument is checked before the minutes of matmul peak, model building and warm-up
+    bounds.check_options(repeats=(repeats, bounds.REPEATS), threads=(threads, bounds.THREADS))
     if is_hub_id(model_name):  # timing needs an architecture only; the same weights go to both sides
         raise UsageError(f"--model {model_name}: cvt bench times an architecture (cvt-13, ...), not a hub repo")
     config = get_config(model_name)  # UnknownModelError (exit 2) naming the known models
@@ -74,7 +76,10 @@ def run_bench(
     unique = list(dict.fromkeys(cases))  # a case named twice would be timed twice under one name
     for c in unique:
         try:
-            Case.parse(c).check(config, memory_bytes, amp)
+            case = Case.parse(c)
+            bounds.check(case.res, bounds.RESOLUTION, f"case {c}: resolution", ValueError)
+            bounds.check(case.batch, bounds.BATCH_SIZE, f"case {c}: batch", ValueError)
+            case.check(config, memory_bytes, amp)
         except ValueError as e:
             raise UsageError(str(e)) from None
     if json_path:

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from ..core.config import ACTIVATIONS
 from ..core.errors import UsageError
-from ..core.files import check_writable, check_writable_dir
+from ..core.files import HF_DIR, NATIVE_DIR, check_destination, check_suffix, check_writable
 from ..torch.factory import create_model
 from ..torch.weights import save_native, save_official, save_pretrained
 from ._signature import Arg
@@ -44,12 +44,18 @@ def run_convert(
         model: architecture name when SRC does not describe itself (official .pth); default: inferred
         activation: activation recorded in a native file (default: the source's); with --to hf / official it
             can only name what their code computes
-        force: overwrite DST if it exists
+        force: overwrite DST if it exists (a directory only if cvt wrote it: files of yours are never replaced)
     """
     out = Path(dst)
     as_dir = to == "hf" or (to == "native" and out.suffix != ".safetensors")
-    # before the work: a directory, FIFO or read-only folder is refused however long the conversion would take
-    (check_writable_dir if as_dir else check_writable)(out)
+    # before the work: a directory, FIFO or read-only folder, a suffix of another format, a directory whose
+    # files cvt did not write (--force never replaces those) are refused however long the conversion would take
+    if as_dir:
+        check_destination(out, HF_DIR if to == "hf" else NATIVE_DIR)
+    else:
+        check_writable(out)
+        if to == "official":
+            check_suffix(out, (".pth", ".pt"), "an official state dict")
     if os.path.lexists(out) and not force:
         raise UsageError(f"{out}: already exists (use --force to overwrite)")
     if Path(src).resolve() == out.resolve():

@@ -3,21 +3,22 @@ own preprocessing."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import torch
 
+from ..core import bounds
 from ..core.errors import CvtError, DataError, UsageError, WriteError, first_line, require
 from ..core.files import check_writable, write_text
 from ..core.presets import weight_source
 from ..core.spec import EvalPreprocess
+from ..core.text import dumps_json, escape_controls
 from ..data.datasets import EvalSet, collate
 from ..data.sources import EvalFiles, eval_source, read_eval_data
 from ..data.transforms import build_eval_transform
-from ..eval import EvalResult, evaluate
+from ..eval import EvalResult, check_finite, evaluate
 from ..torch.factory import create_model
 from ..torch.fusion import fuse
 from ..torch.model import CvT
@@ -56,6 +57,7 @@ def run_eval(
     """
     # NOTE every check that needs no model comes first: a bad argument, destination or DATA fails in seconds,
     # not after a download or a whole evaluation
+    bounds.check_options(batch_size=(batch_size, bounds.BATCH_SIZE), workers=(workers, bounds.workers_limit()))
     dev = resolve_device(device)
     _check_model_name(model, weights)
     _check_destinations(output, confusion)
@@ -64,7 +66,7 @@ def run_eval(
     pre = net.pretrained_cfg.preprocess
     source = eval_source(found, net.config.num_classes, net.pretrained_cfg.labels)
     if isinstance(source, EvalFiles) and source.mapping.note:
-        print(f"cvt eval: note: {source.mapping.note}", file=sys.stderr)
+        print(f"cvt eval: note: {escape_controls(source.mapping.note)}", file=sys.stderr)
     if len(source) == 0:
         raise DataError(f"{data}: no images")
     loader = torch.utils.data.DataLoader(
@@ -74,6 +76,7 @@ def run_eval(
         collate_fn=collate,
     )
     res = evaluate(net, loader, net.config.num_classes, device=dev)
+    check_finite(res, data)  # NaN or inf logits: one line, exit 1, never a percentage
     if res.n == 0:
         first = res.skipped_files[0] if res.skipped_files else "none"
         raise DataError(f"{data}: none of its {len(source)} images could be read (first: {first})")
@@ -81,17 +84,17 @@ def run_eval(
     report = _report(res, source.classes, data, net.config.name, weights, pre, rule)
     written = []
     if output:  # NOTE before the picture: a picture that fails must not lose the numbers
-        write_text(output, json.dumps(report, indent=2) + "\n")
+        write_text(output, dumps_json(report, indent=2) + "\n")
         written.append(output)
     failed = _draw_confusion(res, source.classes, report, confusion) if confusion else None
     if confusion and failed is None:
         written.append(confusion)
     if as_json:
-        print(json.dumps(report, indent=2))
+        print(dumps_json(report, indent=2))
     else:
         _summary(report, pre, written)
     for msg in res.skipped_files[:5]:
-        print(f"cvt eval: skipped {msg}", file=sys.stderr)
+        print(f"cvt eval: skipped {escape_controls(msg)}", file=sys.stderr)
     if failed is not None:  # the numbers are out (printed, and in --output); now the one line on the picture
         raise failed
     return 1 if res.skipped else 0
@@ -176,7 +179,11 @@ def _draw_confusion(res: EvalResult, classes: list[str], report: dict[str, Any],
     return None
 
 
-def _summary(r: dict[str, Any], pre: EvalPreprocess, written: list[str]) -> None:
+def _summary(report: dict[str, Any], pre: EvalPreprocess, written: list[str]) -> None:
+    """The report as a few lines of text; every name and path has its control characters escaped."""
+    r = {k: (escape_controls(v) if isinstance(v, str) else v) for k, v in report.items()}
+    r["per_class"] = {escape_controls(k): v for k, v in report["per_class"].items()}
+    written = [escape_controls(w) for w in written]
     print(
         f"{r['model']} on {r['data']}: {r['n']} images, preprocessing {pre.img_size}px crop_pct {pre.crop_pct} "
         f"{pre.interpolation}"

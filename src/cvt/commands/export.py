@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
+from ..core import bounds
 from ..core.errors import UsageError
 from ..core.export import check_atol
 from ..core.files import check_writable, check_writable_dir
@@ -45,6 +46,7 @@ def run_export(
         force: overwrite the output if it exists
     """
     atol = check_atol(atol, "--atol")
+    bounds.check_options(resolution=(resolution, bounds.RESOLUTION))
     out = Path(output)
     suffix = KERAS_FORMATS.get(format, SUFFIX.get(format, ""))
     if out.suffix != suffix and not os.path.lexists(out):  # an existing OUTPUT is what the user named
@@ -74,6 +76,9 @@ def _export_keras(
     from ..core.errors import require
 
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    from ..keras.backend import check_tensorflow_backend  # (cvt.keras: a bad KERAS_BACKEND is one line already)
+
+    check_tensorflow_backend(f"--format {format}")  # KERAS_BACKEND=torch: a usage error, not "pip install ..."
     require("tensorflow", "keras", f"--format {format}")
     import cvt.keras as ck
     from cvt.keras.export import export_verified

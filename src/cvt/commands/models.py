@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
+from ..core import bounds
 from ..core.config import CvTConfig
 from ..core.errors import UsageError
 from ..core.macs import count_macs, count_params, stage_costs
 from ..core.presets import ARCHITECTURES, CHECKPOINTS, get_config, list_models, weight_source
+from ..core.text import dumps_json, escape_controls
 from ..core.weights import resolve, with_overrides
 from ._signature import Arg
 
@@ -22,7 +23,7 @@ def run_list(*, pretrained: bool = False, as_json: Annotated[bool, Arg("--json")
     """
     rows = [_zoo_row(name) for name in list_models(pretrained=pretrained)]
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(dumps_json(rows, indent=2))
         return 0
     print(f"{'name':<17}{'arch':<10}{'res':>5}{'params':>9}{'GMACs':>8}  {'pretrain':<14}{'top1':>6}  weights")
     for r in rows:
@@ -69,17 +70,21 @@ def run_info(
         num_classes: head size to count (default: the model's)
         as_json: machine-readable output
     """
+    for r in resolution or []:
+        bounds.check_options(resolution=(r, bounds.RESOLUTION))
+    bounds.check_options(num_classes=(num_classes, bounds.NUM_CLASSES))
     cfg = _config(name, weights, num_classes)
     res = resolution or [cfg.img_size]
     if len(res) > 2:
         raise UsageError("--resolution takes R or H W")
     info = _model_info(cfg, res[0], res[-1])
     if as_json:
-        print(json.dumps(info, indent=2))
+        print(dumps_json(info, indent=2))
         return 0
     h, w = res[0], res[-1]
     params, macs = info["params"], info["macs"]
-    print(f"{cfg.name}: input 3x{h}x{w}, {cfg.num_classes} classes, activation {cfg.activation}")
+    # the name comes from the weight file's metadata: escaped, it cannot drive the terminal
+    print(f"{escape_controls(cfg.name)}: input 3x{h}x{w}, {cfg.num_classes} classes, activation {cfg.activation}")
     print(f"  parameters : {params:,} ({params / 1e6:.2f} M, BatchNorm statistics excluded)")
     print(f"  MACs       : {macs / 1e9:.2f} G ({macs:,}; convolutions, linear layers and attention matmuls)")
     print(

@@ -9,16 +9,17 @@ from __future__ import annotations
 import csv
 import glob
 import io
-import json
 import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from ..core import bounds
 from ..core.errors import CvtError, WriteError
-from ..core.files import check_writable, write_text
+from ..core.files import atomic_write, check_writable, write_text
 from ..core.images import list_images
+from ..core.text import dumps_json, escape_controls
 from ..data.transforms import denormalize
 from ..explain import render
 from ..predict import BatchResult, Prediction, Predictor
@@ -61,6 +62,8 @@ def run_predict(
         max_pixels: refuse larger images
         progress: progress bar on stderr
     """
+    # sizes first (cvt.core.bounds): before a file is walked, a model built or a worker spawned
+    bounds.check_options(batch_size=(batch_size, bounds.BATCH_SIZE), workers=(workers, bounds.workers_limit()))
     if output:  # before the model is loaded and the images classified, not after
         check_writable(output)
     if explain and os.path.exists(explain) and not os.path.isdir(explain):
@@ -156,8 +159,10 @@ def expand_inputs(args: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]
 
 # ---------------------------------------------------------------------------- outputs
 def format_records(records: list[dict[str, Any]], fmt: str) -> str:
+    """Records as text: ``json`` (valid UTF-8 whatever the names), ``csv`` or a ``table``; names and paths in a table
+    or CSV have their control characters escaped (:mod:`cvt.core.text`): a label cannot drive the terminal."""
     if fmt == "json":
-        return json.dumps(records, indent=2) + "\n"
+        return dumps_json(records, indent=2) + "\n"
     if fmt == "csv":
         k = max((len(r["indices"]) for r in records), default=0)
         buf = io.StringIO()
@@ -165,31 +170,49 @@ def format_records(records: list[dict[str, Any]], fmt: str) -> str:
         head = ["path"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "index", "prob")]
         w.writerow(head + (["explain"] if any("explain" in r for r in records) else []))
         for r in records:
-            row = [r["path"]]
+            row = [escape_controls(r["path"])]
             for lab, idx, pr in zip(r["labels"], r["indices"], r["probs"]):
-                row += [lab, idx, f"{pr:.6f}"]
+                row += [escape_controls(lab), idx, f"{pr:.6f}"]
             row += [""] * (len(head) - len(row))
-            w.writerow(row + ([r["explain"]] if "explain" in r else []))
+            w.writerow(row + ([escape_controls(r["explain"])] if "explain" in r else []))
         return buf.getvalue()
     lines = []
     for r in records:
-        lines.append(r["path"] + (f"   (explain: {r['explain']})" if "explain" in r else ""))
+        shown = escape_controls(r["path"])
+        lines.append(shown + (f"   (explain: {escape_controls(r['explain'])})" if "explain" in r else ""))
         for lab, idx, pr in zip(r["labels"], r["indices"], r["probs"]):
-            lines.append(f"  {100 * pr:6.2f}%  {idx:>5}  {lab}")
+            lines.append(f"  {100 * pr:6.2f}%  {idx:>5}  {escape_controls(lab)}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+# Our overlays carry this PNG text chunk: an existing file without it is the user's, and is never replaced.
+EXPLAIN_MARK = ("Software", "cvt predict --explain")
+
+
+def _ours(png: Path) -> bool:
+    """True when ``png`` is an overlay an earlier ``--explain`` wrote (its text chunk), so it may be replaced."""
+    from PIL import Image
+
+    try:
+        with Image.open(png) as im:
+            return getattr(im, "text", {}).get(EXPLAIN_MARK[0]) == EXPLAIN_MARK[1]
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
 def _unique_png(directory: Path, path: str | None, used: set[str]) -> Path:
+    """``directory/<stem>.png``, or ``<stem>-<n>.png`` when that name is taken in this run or by a file we did not
+    write (a user's photo in the same folder is written beside, never over)."""
     stem = Path(path or "").stem or "image"
     name, n = f"{stem}.png", 1
-    while name in used:
+    while name in used or (os.path.lexists(directory / name) and not _ours(directory / name)):
         name, n = f"{stem}-{n}.png", n + 1
     used.add(name)
     return directory / name
 
 
 def _say(msg: str) -> None:
-    print(f"cvt predict: error: {' '.join(msg.split())}", file=sys.stderr)
+    print(f"cvt predict: error: {escape_controls(' '.join(msg.split()))}", file=sys.stderr)
 
 
 def _write_explain(predictor: Predictor, batch: BatchResult, j: int, pred: Prediction, png: Path) -> Path:
@@ -197,5 +220,10 @@ def _write_explain(predictor: Predictor, batch: BatchResult, j: int, pred: Predi
     assert batch.inputs is not None and batch.heatmaps is not None  # iter_files(explain=True) gives both
     pre = predictor.preprocess
     image = denormalize(batch.inputs[j], pre.mean, pre.std)
-    render(image, batch.heatmaps[j], pred.labels, pred.probs, title=pred.path).save(png)
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(*EXPLAIN_MARK)
+    panel = render(image, batch.heatmaps[j], pred.labels, pred.probs, title=pred.path)
+    atomic_write(png, lambda tmp: panel.save(tmp, format="PNG", pnginfo=info))
     return png

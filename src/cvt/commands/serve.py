@@ -11,6 +11,7 @@ import signal
 import sys
 from typing import Annotated, Literal
 
+from ..core import bounds
 from ..core.errors import require
 from ..predict import Predictor
 from ..serve.settings import ServeSettings
@@ -63,6 +64,11 @@ def run_serve(
         explain: attention maps at /v1/explain (a second copy of the model in memory)
         log_level: uvicorn's log level
     """
+    bounds.check_options(  # sizes first (cvt.core.bounds): threads and batches are allocated at start-up
+        max_batch=(max_batch, bounds.BATCH_SIZE),
+        batch_shape=(batch_shape, bounds.BATCH_SIZE),
+        workers=(workers, bounds.workers_limit()),
+    )
     require("fastapi", "serve", "cvt serve")
     require("uvicorn", "serve", "cvt serve")
     require("prometheus_client", "serve", "cvt serve")

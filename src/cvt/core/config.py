@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from . import bounds
+from .errors import ConfigError, shorten
 from .labels import LabelSet
 
 ACTIVATIONS = ("quick_gelu", "gelu")  # quick_gelu: what the released weights were trained with; gelu: exact erf (HF)
@@ -111,10 +112,18 @@ class CvTConfig:
         """Raise :class:`ConfigError` naming the first invalid field."""
         if not self.stages:
             raise ConfigError("stages: a CvT needs at least one stage")
+        # JSON types first (a string "false" is truthy, a float stride passes ">= 1"), then the bounds policy
+        # (cvt.core.bounds), both before any geometry is computed or anything is built per block.
+        check_types(self, "")
+        for i, s in enumerate(self.stages):
+            if not isinstance(s, StageConfig):
+                raise ConfigError(f"stages[{i}]: expected a stage, got {shorten(s)}")
+            check_types(s, f"stages[{i}].")
+        check_bounds(self)
         _check(self.num_classes >= 0, "num_classes", f"must be >= 0, got {self.num_classes}")
         _check(self.in_chans >= 1, "in_chans", f"must be >= 1, got {self.in_chans}")
         check_activation(self.activation)
-        _check(self.init in INITS, "init", f"{self.init!r} is not one of {INITS}")
+        _check(self.init in INITS, "init", f"{shorten(self.init)} is not one of {INITS}")
         _check(self.layer_norm_eps > 0, "layer_norm_eps", "must be > 0")
         _check(self.img_size >= 1, "img_size", f"must be >= 1, got {self.img_size}")
         _check(0.0 <= self.head_drop_rate < 1.0, "head_drop_rate", f"must be in [0, 1), got {self.head_drop_rate}")
@@ -122,7 +131,9 @@ class CvTConfig:
             p = f"stages[{i}]."
             for name in ("embed_dim", "depth", "num_heads", "patch_size", "patch_stride", "kernel_qkv"):
                 value = getattr(s, name)
-                _check(isinstance(value, int) and value >= 1, p + name, f"must be a positive integer, got {value!r}")
+                _check(
+                    isinstance(value, int) and value >= 1, p + name, f"must be a positive integer, got {shorten(value)}"
+                )
             for name in ("stride_q", "stride_kv"):
                 _check(getattr(s, name) >= 1, p + name, f"must be >= 1, got {getattr(s, name)}")
             for name in ("patch_padding", "padding_q", "padding_kv"):
@@ -200,6 +211,8 @@ class CvTConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CvTConfig:
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"config: expected a mapping of fields, got {type(d).__name__} {shorten(d)}")
         d = dict(d)
         d.pop("extra", None)  # files written before 0.2 kept labels and preprocessing here (now PretrainedSpec)
         stages = d.pop("stages", None)
@@ -286,13 +299,15 @@ def hf_labels(hf: Mapping[str, Any]) -> tuple[str, ...] | None:
     """The class names of an HF ``config.json`` (``id2label`` in index order); ``None`` without real names.
 
     HF fills ``id2label`` with ``LABEL_<i>`` placeholders when a model has no names: those do not count
-    (the placeholder rule: :mod:`cvt.core.labels`).
+    (the placeholder rule: :mod:`cvt.core.labels`). Keys must be the class indices ``0..N-1`` without gaps
+    (:func:`cvt.core.labels.names_by_index`, the rule of ``--labels``): a gapped map is refused, not renumbered.
     """
+    from .labels import names_by_index  # NOTE local: this function alone is edited by the labels work
+
     id2label = hf.get("id2label") or {}
-    try:
-        names = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
-    except (TypeError, ValueError):
-        raise ConfigError("id2label: keys must be class indices") from None
+    if not isinstance(id2label, Mapping):
+        raise ConfigError(f"config.json id2label: expected an index -> name mapping, got {type(id2label).__name__}")
+    names = tuple(names_by_index(id2label, "config.json id2label"))
     if not names or LabelSet(names).placeholder:
         return None
     return names
@@ -331,13 +346,13 @@ def depthwise_taps(kernel: int, stride: int) -> list[tuple[int, int, tuple[slice
 # ---------------------------------------------------------------------------- shared by every front-end's modules
 def check_activation(name: str, field: str = "activation") -> str:
     """``name`` when it is one of :data:`ACTIVATIONS`; else a :class:`ConfigError` naming ``field``."""
-    _check(name in ACTIVATIONS, field, f"{name!r} is not one of {ACTIVATIONS}")
+    _check(name in ACTIVATIONS, field, f"{shorten(name)} is not one of {ACTIVATIONS}")
     return name
 
 
 def check_proj_method(method: str, field: str = "qkv_proj_method") -> str:
     """``method`` when it is one of :data:`PROJ_METHODS`; else a :class:`ConfigError` naming ``field``."""
-    _check(method in PROJ_METHODS, field, f"{method!r} is not one of {PROJ_METHODS}")
+    _check(method in PROJ_METHODS, field, f"{shorten(method)} is not one of {PROJ_METHODS}")
     return method
 
 
@@ -381,6 +396,52 @@ def block_args(stage: StageConfig, drop_path_rate: float, activation: str, eps: 
         "eps": eps,
         **attention_args(stage),
     }
+
+
+# field type in the dataclass annotations -> the Python types its JSON value may have (bool is no int here)
+_JSON_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def check_types(obj: Any, prefix: str) -> None:
+    """A :class:`ConfigError` naming the first field of a config dataclass whose value has the wrong JSON type
+    (``qkv_bias: "false"``, ``patch_stride: 2.0`` or ``"2"``, ``depth: true``)."""
+    for f in dataclasses.fields(obj):
+        allowed = _JSON_TYPES.get(str(f.type))
+        if allowed is None:
+            continue
+        value = getattr(obj, f.name)
+        ok = isinstance(value, allowed) and (bool in allowed or not isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{prefix}{f.name}: must be {_TYPE_WORDS[str(f.type)]}, got {shorten(value)}")
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def check_bounds(config: CvTConfig) -> None:
+    """Every size of ``config`` within :mod:`cvt.core.bounds` (one :class:`ConfigError` naming the field)."""
+    bounds.check(len(config.stages), bounds.STAGES, "stages: count")
+    bounds.check(config.img_size, bounds.IMG_SIZE, "img_size")
+    bounds.check(config.num_classes, bounds.NUM_CLASSES, "num_classes")
+    bounds.check(config.in_chans, bounds.IN_CHANS, "in_chans")
+    for i, s in enumerate(config.stages):
+        p = f"stages[{i}]."
+        for name, limit in (
+            ("depth", bounds.DEPTH),
+            ("embed_dim", bounds.EMBED_DIM),
+            ("num_heads", bounds.NUM_HEADS),
+            ("mlp_ratio", bounds.MLP_RATIO),
+            ("patch_size", bounds.KERNEL),
+            ("kernel_qkv", bounds.KERNEL),
+            ("patch_stride", bounds.STRIDE),
+            ("stride_q", bounds.STRIDE),
+            ("stride_kv", bounds.STRIDE),
+            ("patch_padding", bounds.PADDING),
+            ("padding_q", bounds.PADDING),
+            ("padding_kv", bounds.PADDING),
+        ):
+            bounds.check(getattr(s, name), limit, p + name)
+    bounds.check(sum(s.depth for s in config.stages), bounds.TOTAL_DEPTH, "stages[*].depth: total")
 
 
 def _check(ok: bool, name: str, problem: str) -> None:

@@ -87,3 +87,25 @@ def require(module: str, extra: str, feature: str) -> None:
         raise MissingDependencyError(
             f"{feature} needs {module}, which is not installed ({first_line(e)}): pip install 'cvt-models[{extra}]'"
         ) from None
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a note says how long it was), for one-line error messages.
+
+    A recipe value can be a million-element list (YAML aliases) and a metadata field a megabyte string: the error
+    line names the field and shows the value's start, never all of it. Containers are shortened without building
+    their whole repr (the repr of an expanded alias bomb would itself take minutes).
+    """
+    import reprlib
+
+    shortener = reprlib.Repr()  # bounded: at most a few items per level and a few levels, whatever the value holds
+    shortener.maxlevel, shortener.maxstring, shortener.maxother = 4, limit, limit
+    shortener.maxlong = limit
+    try:
+        text = shortener.repr(value)
+    except (RecursionError, ValueError):  # a self-referencing container; a huge int's repr (Python's digit limit)
+        return f"<{type(value).__name__}>"
+    text = " ".join(text.split())  # one line
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 20]}... ({len(text)} chars)"

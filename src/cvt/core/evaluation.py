@@ -5,6 +5,9 @@ mapped to the model's classes by :func:`~cvt.core.classes.map_eval_classes` (the
 eval``), each image decoded and prepared by the model's own preprocessing (:mod:`cvt.core.preprocess`), batches
 handed to the front-end's ``forward`` (``(B, S, S, 3)`` or ``(B, 3, S, S)`` float32 -> ``(B, K)`` scores).
 Unreadable images are left out and listed, as ``cvt eval`` does.
+
+A non-finite output is never a score (:func:`finite_rows`, :data:`NON_FINITE`, :class:`NonFiniteOutputError`): the
+rule every front-end and ``cvt predict`` / ``cvt eval`` apply to a model's outputs, here once.
 """
 
 from __future__ import annotations
@@ -17,13 +20,25 @@ import numpy as np
 
 from .classes import ClassMapping, eval_samples, read_eval_folder
 from .config import CvTConfig
-from .errors import DataError, ImageError, UsageError
+from .errors import CvtError, DataError, ImageError, UsageError
 from .images import load_image
 from .preprocess import EvalTransform
 from .presets import default_spec
 from .spec import PretrainedSpec
 
 TOP_K = 5
+# what is said of an input whose outputs hold NaN or inf (finite weights that overflow on it, or NaN pixels)
+NON_FINITE = "the model's output is not finite (NaN or inf); no class can be ranked"
+
+
+class NonFiniteOutputError(CvtError, ValueError):
+    """A model output holding NaN or inf: an error for that input (exit status 1), never a percentage."""
+
+
+def finite_rows(scores: object) -> np.ndarray:
+    """``(B,)`` bool: which rows of ``(B, K)`` scores (logits or probabilities, anything numpy reads) are finite."""
+    finite = np.isfinite(np.asarray(scores))
+    return finite.all(axis=tuple(range(1, finite.ndim))) if finite.ndim > 1 else finite.reshape(-1)
 
 
 @dataclass(frozen=True)
@@ -78,7 +93,8 @@ def evaluate_folder(
     k = min(TOP_K, config.num_classes)
     top1 = top5 = n = 0
     skipped: list[str] = []
-    for images, targets in _batches(mapped.samples, EvalTransform(spec.preprocess), batch_size, skipped):
+    non_finite: list[str] = []
+    for images, targets, paths in _batches(mapped.samples, EvalTransform(spec.preprocess), batch_size, skipped):
         x = images.transpose(0, 2, 3, 1) if channels_last else images
         scores = np.asarray(forward(np.ascontiguousarray(x)), dtype=np.float64)
         if scores.shape != (len(targets), config.num_classes):
@@ -86,10 +102,17 @@ def evaluate_folder(
                 f"evaluate: forward gave shape {scores.shape} for {len(targets)} images, "
                 f"expected ({len(targets)}, {config.num_classes})"
             )
+        finite = finite_rows(scores)
+        non_finite += [p for p, ok in zip(paths, finite) if not ok]
+        scores, targets = scores[finite], targets[finite]
         ranked = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (B, k) best first
         top1 += int((ranked[:, 0] == targets).sum())
         top5 += int((ranked == targets[:, None]).any(axis=1).sum())
         n += len(targets)
+    if non_finite:  # an accuracy over the other images would hide that the model fails on these
+        raise NonFiniteOutputError(
+            f"{non_finite[0]}: {NON_FINITE} ({len(non_finite)} of {n + len(non_finite)} images in {found.where})"
+        )
     if n == 0:
         first = skipped[0] if skipped else "none"
         raise DataError(f"{found.where}: none of its {len(mapped.samples)} images could be read (first: {first})")
@@ -98,19 +121,22 @@ def evaluate_folder(
 
 def _batches(
     samples: list[tuple[str, int]], transform: EvalTransform, batch_size: int, skipped: list[str]
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(images (B, 3, S, S) float32, class indices (B,))`` of the readable images; the others go to ``skipped``."""
+) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+    """``(images (B, 3, S, S) float32, class indices (B,), their paths)`` of the readable images; the others go to
+    ``skipped``."""
     images: list[np.ndarray] = []
     targets: list[int] = []
+    paths: list[str] = []
     for path, target in samples:
         try:
             images.append(transform(load_image(path)))
             targets.append(target)
+            paths.append(path)
         except ImageError as e:  # one unreadable file must not stop the evaluation
             msg = str(e)
             skipped.append(msg if msg.startswith(path) else f"{path}: {msg}")
         if len(images) == batch_size:
-            yield np.stack(images), np.asarray(targets)
-            images, targets = [], []
+            yield np.stack(images), np.asarray(targets), paths
+            images, targets, paths = [], [], []
     if images:
-        yield np.stack(images), np.asarray(targets)
+        yield np.stack(images), np.asarray(targets), paths

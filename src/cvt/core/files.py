@@ -26,6 +26,15 @@ Rules (every artefact: weights, checkpoints, exports, reports, plots):
   ``check(tmp_dir)``; a new destination is the renamed temporary directory; an existing destination directory
   has each of the new top-level entries replaced (a file by an atomic rename, a subdirectory by a swap), and
   keeps its other entries: a failed write leaves neither a temporary directory nor an empty one.
+* **Never replace what cvt did not write.** A directory output has a kind (:class:`OutputKind`: a native or HF
+  directory, a Keras preset, a SavedModel, an Orbax checkpoint, a training run), recognised by a file cvt itself
+  writes there (native ``config.json``'s ``format_tag``, HF ``config.json``'s ``model_type: "cvt"``, a preset's
+  ``cvt>`` class, ``saved_model.pb``, Orbax's ``_CHECKPOINT_METADATA``, the run's ``config.yaml`` header). An
+  existing destination that is not of that kind keeps every entry: new names are written beside them, and a
+  same-named entry is refused (one line naming the directory and the entries) before anything moves; a
+  destination of that kind has its entries replaced (callers make that explicit: ``--force``, ``overwrite=``).
+  :func:`check_destination` runs this check up front. **Suffixes** name the format: :func:`check_suffix` refuses
+  a file output whose suffix is not its format's, and a directory output named like a file (``x.h5``).
 * :func:`check_writable` (:func:`check_writable_dir` for a directory output) runs the same checks up front, so a
   long job (an evaluation, a training run, an export) can refuse an unusable output path before it starts;
   :func:`remove_stale_temps` cleans the temporary files of an interrupted run.
@@ -34,12 +43,15 @@ Rules (every artefact: weights, checkpoints, exports, reports, plots):
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import stat
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import WriteError
 
@@ -229,16 +241,162 @@ def check_writable_dir(path: str | os.PathLike[str]) -> Path:
     return dest
 
 
+# ---------------------------------------------------------------------------- what is ours to replace
+RUN_HEADER = "# resolved recipe written by cvt train"  # the first line of a run directory's config.yaml
+# Suffixes that name a file format: a directory output named with one is a mistake (``save_native(m, "x.h5")``).
+FILE_SUFFIXES = frozenset(
+    (
+        *(".safetensors", ".pth", ".pt", ".pt2", ".bin", ".ckpt", ".h5", ".hdf5", ".keras", ".onnx", ".tflite"),
+        *(".pb", ".pkl", ".pickle", ".npz", ".npy", ".msgpack", ".json", ".yaml", ".yml", ".txt", ".csv"),
+        *(".zip", ".tar", ".gz", ".png", ".jpg", ".jpeg"),
+    )
+)
+# NOTE: the tags below are spelled here, not imported (cvt.core.native, cvt.core.kerasfile), so that this module
+# stays the bottom of the core's import graph; tests/test_hostile_writes.py checks they agree.
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """A kind of directory output: ``name`` for messages, ``entries`` the top-level names its writer creates,
+    ``how`` the rule (for messages) that ``recognise(directory)`` applies to an existing directory."""
+
+    name: str
+    entries: tuple[str, ...]
+    how: str
+    recognise: Callable[[Path], bool]
+
+
+def _small_json(path: Path, limit: int = 1 << 20) -> Any:
+    """The JSON value in ``path`` (None when absent, larger than ``limit`` bytes or not JSON): a cheap probe."""
+    try:
+        if not path.is_file() or path.stat().st_size > limit:
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def _config_json(directory: Path) -> dict[str, Any]:
+    d = _small_json(directory / "config.json")
+    return d if isinstance(d, dict) else {}
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline(200)
+    except OSError:
+        return ""
+
+
+NATIVE_DIR = OutputKind(
+    "a cvt native directory",
+    ("config.json", "model.safetensors"),
+    'config.json with format_tag "cvt-torch"',
+    lambda d: _config_json(d).get("format_tag") == "cvt-torch",
+)
+HF_DIR = OutputKind(
+    "an HF CvT directory",
+    ("config.json", "model.safetensors", "preprocessor_config.json"),
+    'config.json with model_type "cvt"',
+    lambda d: _config_json(d).get("model_type") == "cvt",
+)
+KERAS_PRESET = OutputKind(
+    "a cvt.keras preset",
+    ("config.json", "metadata.json", "model.weights.h5", "task.json", "task.weights.h5", "preprocessor.json"),
+    'config.json naming a "cvt>" class',
+    lambda d: str(_config_json(d).get("registered_name", "")).startswith("cvt>"),
+)
+SAVED_MODEL = OutputKind(
+    "a SavedModel",
+    ("saved_model.pb", "variables", "assets", "fingerprint.pb"),
+    "saved_model.pb",
+    lambda d: (d / "saved_model.pb").is_file(),
+)
+ORBAX_CHECKPOINT = OutputKind(
+    "an Orbax checkpoint",
+    (),  # Orbax's own layout; the whole directory is replaced
+    "Orbax's _CHECKPOINT_METADATA",
+    lambda d: (d / "_CHECKPOINT_METADATA").is_file(),
+)
+RUN_DIR = OutputKind(
+    "a cvt train run directory",
+    (),  # the trainer lists its own files (cvt.train.trainer.OWNED_FILES)
+    f"config.yaml starting {RUN_HEADER!r}",
+    lambda d: _first_line(d / "config.yaml").startswith(RUN_HEADER),
+)
+KINDS = (NATIVE_DIR, HF_DIR, KERAS_PRESET, SAVED_MODEL, ORBAX_CHECKPOINT, RUN_DIR)
+ANY_OUTPUT = OutputKind(
+    "a directory cvt wrote",
+    (),
+    "file by which cvt recognises one of its outputs (files.KINDS)",
+    lambda d: any(k.recognise(d) for k in KINDS),
+)
+
+
+def foreign_entries(directory: Path, names: list[str] | tuple[str, ...], kind: OutputKind) -> list[str]:
+    """Which of ``names`` exist in ``directory`` while it is not ``kind`` of output: what a write must not replace."""
+    present = [n for n in names if os.path.lexists(directory / n)]
+    if not present or kind.recognise(directory):
+        return []
+    return present
+
+
+def refuse_foreign(shown: str | os.PathLike[str], present: list[str], kind: OutputKind) -> None:
+    """Raise the one line for a directory whose entries ``present`` cvt did not write (empty list: nothing)."""
+    if present:
+        held = ", ".join(present[:4]) + (" ..." if len(present) > 4 else "")
+        raise WriteError(
+            f"{shown}: holds {held} but is not {kind.name} (no {kind.how}); refusing to replace them: "
+            "choose a new or empty directory"
+        )
+
+
+def check_destination(path: str | os.PathLike[str], kind: OutputKind) -> Path:
+    """Refuse now a directory output ``kind`` at ``path`` that a write would refuse later: not a directory, not
+    writable, or holding same-named entries while not ``kind`` of output. Returns :func:`destination_dir`."""
+    check_suffix(path, (), kind.name)
+    dest = check_writable_dir(path)
+    if dest.is_dir():
+        refuse_foreign(path, foreign_entries(dest, kind.entries, kind), kind)
+    return dest
+
+
+def check_suffix(path: str | os.PathLike[str], suffixes: tuple[str, ...], what: str) -> None:
+    """Refuse a file output whose suffix is not one of ``suffixes``; with ``()``, a directory output whose name
+    carries a file format's suffix (:data:`FILE_SUFFIXES`; an existing directory of that name is accepted)."""
+    suffix = Path(path).suffix.lower()
+    if suffixes:
+        if suffix not in suffixes:
+            got = suffix or "no suffix"
+            raise WriteError(f"{path}: {what} must end in {' or '.join(suffixes)}, not {got}")
+    elif suffix in FILE_SUFFIXES and not Path(path).is_dir():
+        raise WriteError(f"{path}: {what} is a directory, and {suffix} names a file format; drop the suffix")
+
+
 def atomic_write_dir(
-    path: str | os.PathLike[str], write: Callable[[Path], None], check: Callable[[Path], None] | None = None
+    path: str | os.PathLike[str],
+    write: Callable[[Path], None],
+    check: Callable[[Path], None] | None = None,
+    *,
+    kind: OutputKind = ANY_OUTPUT,
+    whole: bool = False,
 ) -> Path:
     """Call ``write(tmp_dir)`` on a fresh temporary directory, ``check(tmp_dir)`` if given, then publish it at
     ``path`` (module docstring: a new directory is renamed into place; an existing one has the new entries
     replaced, its other entries kept). Returns ``path``; errors as :func:`atomic_write`.
+
+    ``kind``: what an existing destination must be recognised as before a same-named entry in it is replaced
+    (else one :class:`WriteError` line, nothing moved). ``whole``: an existing destination (empty, or ``kind``)
+    is replaced as a whole (swapped), not merged: for layouts whose stale entries would mislead (Orbax).
     """
     path = Path(path)
     dest = destination_dir(path)
     existed = dest.exists()
+    if whole and existed:
+        if any(dest.iterdir()) and not kind.recognise(dest):
+            refuse_foreign(path, sorted(p.name for p in dest.iterdir()), kind)
+        return _swap_dir(path, dest, write, check)
     created: list[Path] = []
     tmp: Path | None = None
     done = False
@@ -254,7 +412,7 @@ def atomic_write_dir(
         if check is not None:
             check(tmp)
         if existed:
-            _merge_into(tmp, dest, path)
+            _merge_into(tmp, dest, path, kind)
         else:
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a new directory follows the umask
             os.rename(tmp, dest)
@@ -303,9 +461,39 @@ def _fsync_tree(root: Path) -> None:
                     os.fsync(f.fileno())
 
 
-def _merge_into(tmp: Path, dest: Path, shown: Path) -> None:
-    """Replace ``dest``'s entries by ``tmp``'s top-level ones: every conflict is found before anything moves."""
+def _swap_dir(path: Path, dest: Path, write: Callable[[Path], None], check: Callable[[Path], None] | None) -> Path:
+    """Write a new directory beside ``dest``, then put it in ``dest``'s place (the old one removed after)."""
+    tmp: Path | None = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=TEMP_MARK, dir=dest.parent))
+    aside: Path | None = None
+    try:
+        write(tmp)
+        _follow_umask(tmp)
+        _fsync_tree(tmp)
+        if check is not None:
+            check(tmp)
+        os.chmod(tmp, stat.S_IMODE(os.stat(dest).st_mode))
+        aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=f"{TEMP_MARK}.old", dir=dest.parent))
+        os.rename(dest, aside / dest.name)
+        os.rename(tmp, dest)
+        tmp = None
+        _fsync_dir(dest.parent)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write ({reason(e)})") from None
+    finally:
+        if tmp is not None:
+            if aside is not None and not dest.exists() and (aside / dest.name).exists():
+                os.rename(aside / dest.name, dest)  # the second rename failed: the old directory goes back
+            shutil.rmtree(tmp, ignore_errors=True)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+    return path
+
+
+def _merge_into(tmp: Path, dest: Path, shown: Path, kind: OutputKind = ANY_OUTPUT) -> None:
+    """Replace ``dest``'s entries by ``tmp``'s top-level ones: every conflict is found before anything moves, and
+    same-named entries are replaced only when ``dest`` is ``kind`` of output (module docstring)."""
     entries = sorted(tmp.iterdir())
+    refuse_foreign(shown, foreign_entries(dest, [e.name for e in entries], kind), kind)
     for new in entries:
         old = dest / new.name
         if not os.path.lexists(old):

@@ -155,14 +155,25 @@ def load_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
 
 
 def check_size(img: Image.Image, max_pixels: int | None, name: object = "image") -> None:
-    """Raise :class:`ImageError` if ``img`` (header only is enough) has more than ``max_pixels`` pixels."""
+    """Raise :class:`ImageError` if ``img`` (header only is enough) has no pixels or more than ``max_pixels``."""
     w, h = img.size
+    check_not_empty(w, h, name)
     if max_pixels is not None and w * h > max_pixels:
         raise ImageError(f"{name}: too large ({w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,})")
 
 
+def check_not_empty(width: int, height: int, name: object = "image") -> None:
+    """Raise :class:`ImageError` for an image without pixels (0 wide or 0 high): nothing to resize or classify
+    (the resize rule divides by the short side)."""
+    if width < 1 or height < 1:
+        raise ImageError(f"{name}: image has no pixels ({width}x{height})")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL image -> 8-bit RGB: EXIF orientation, 16-bit scaling, palette, CMYK, alpha on white."""
+    """Any PIL image -> 8-bit RGB: EXIF orientation, 16-bit scaling, palette, CMYK, alpha on white.
+
+    Raises :class:`ImageError` for an image without pixels (:func:`check_not_empty`)."""
+    check_not_empty(*img.size)
     try:
         if img.getexif().get(0x0112, 1) != 1:  # orientation tag
             img = ImageOps.exif_transpose(img)
@@ -249,6 +260,7 @@ def to_pil(obj: Any) -> Image.Image:
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
         hint = " (looks channels-first: transpose to (H, W, C))" if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) else ""
         raise ImageError(f"{what}: unsupported layout{hint}; accepted: {ACCEPTED_IMAGES}")
+    check_not_empty(arr.shape[1], arr.shape[0], what)
     if arr.dtype == np.uint16:
         arr = (arr >> 8).astype(np.uint8)
     elif np.issubdtype(arr.dtype, np.floating):

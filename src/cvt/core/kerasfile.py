@@ -40,10 +40,12 @@ from typing import Any
 
 import numpy as np
 
+from . import bounds
 from .config import CvTConfig
-from .errors import WeightsError, first_line, require
+from .errors import CvtError, WeightsError, first_line, require
 from .layouts import to_torch
 from .spec import PretrainedSpec
+from .tfport import check_h5
 
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
@@ -67,6 +69,8 @@ def _load_json(path: Path) -> dict[str, Any]:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise WeightsError(f"{path}: not valid JSON ({first_line(e)})") from None
+    except RecursionError:
+        raise WeightsError(f"{path}: not a usable config (JSON nested too deeply)") from None
     if not isinstance(d, dict):
         raise WeightsError(f"{path}: expected a JSON object, got {type(d).__name__}")
     return d
@@ -80,7 +84,7 @@ def is_preset(directory: Path) -> bool:
         return False
     try:
         d = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return False
     return isinstance(d, dict) and str(d.get("registered_name", "")).startswith(f"{PACKAGE}>")
 
@@ -167,6 +171,7 @@ def read_weights_h5(path: Path) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     try:
         with h5py.File(path, "r") as f:
+            check_h5(f, path, kinds="fiu")  # bounded before anything is read (int: Keras's BatchNorm counters)
             _walk(f, "", out, top=True)
     except WeightsError:
         raise
@@ -206,16 +211,24 @@ def read_preset_config(directory: Path) -> tuple[CvTConfig, PretrainedSpec | Non
     if task_json.is_file():
         task = _registered(_load_json(task_json), CLASSIFIER_NAME, task_json)
         settings.update(task=True, pooling=task.get("pooling"), activation=task.get("activation"))
-        config = config.replace(num_classes=int(task.get("num_classes") or 0))
-        if isinstance(task.get("pretrained_cfg"), Mapping):
-            spec = PretrainedSpec.from_dict(task["pretrained_cfg"])
+        try:  # the field's JSON type and bounds: CvTConfig's own rules (cvt.core.bounds)
+            config = config.replace(num_classes=task.get("num_classes") or 0)
+            if isinstance(task.get("pretrained_cfg"), Mapping):
+                spec = PretrainedSpec.from_dict(task["pretrained_cfg"])
+        except (CvtError, KeyError, TypeError, ValueError, AttributeError) as e:
+            raise WeightsError(f"{task_json}: unusable classifier config ({first_line(e)})") from None
     else:
         config = config.replace(num_classes=0)  # a backbone: no head
     pre_json = directory / PREPROCESSOR_FILE
     if pre_json.is_file():
         pre = _registered(_load_json(pre_json), PREPROCESSOR_NAME, pre_json)
         if isinstance(pre.get("spec"), Mapping):
-            spec = PretrainedSpec.from_dict(pre["spec"])
+            try:
+                spec = PretrainedSpec.from_dict(pre["spec"])
+            except (CvtError, KeyError, TypeError, ValueError, AttributeError) as e:
+                raise WeightsError(f"{pre_json}: unusable preprocessing spec ({first_line(e)})") from None
+    if spec is not None:  # the size every image is resized to: bounded like the architecture's
+        bounds.check(spec.preprocess.img_size, bounds.IMG_SIZE, f"{directory}: spec img_size", WeightsError)
     return config, spec, settings
 
 

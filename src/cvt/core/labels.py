@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, overload
 
-from .errors import ConfigError, DataError, LabelError
+from .errors import ConfigError, DataError, LabelError, first_line
 
 IMAGENET_1K = "imagenet-1k"  # the label set of every released checkpoint
 IMAGENET_1K_FILE = "imagenet_1k.txt"
@@ -213,8 +213,8 @@ def load_label_file(path: str | os.PathLike[str]) -> list[str]:
     if p.suffix.lower() == ".json" or stripped.startswith(("[", "{")):
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise LabelError(f"{p}: not valid JSON ({e})") from None
+        except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: brackets nested past Python's limit
+            raise LabelError(f"{p}: not valid JSON ({first_line(e)})") from None
         labels = _labels_from_json(data, p)
     else:
         lines = text.splitlines()
@@ -226,19 +226,44 @@ def load_label_file(path: str | os.PathLike[str]) -> list[str]:
     return labels
 
 
+def names_by_index(mapping: Mapping[Any, Any], source: object) -> list[str]:
+    """``{index: name}`` (an ``id2label``: keys ints or digit strings) -> the names in class-index order.
+
+    The one rule for every index -> name map (``--labels`` JSON, HF ``config.json``'s ``id2label``): keys are the
+    class indices ``0..N-1``, each once, without gaps; anything else raises :class:`LabelError` naming ``source``
+    (never renumbered by position: index 2 of ``{0, 2}`` is not class 1).
+    """
+    index: dict[int, str] = {}
+    for key, name in mapping.items():
+        try:
+            i = int(key) if not isinstance(key, (bool, float)) else None
+        except (TypeError, ValueError):
+            i = None
+        if i is None or str(key).strip() != str(i) or i in index:
+            raise LabelError(f"{source}: keys must be class indices 0, 1, 2, ... each once (got {str(key)[:40]!r})")
+        index[i] = str(name)
+    missing = sorted(set(range(len(index))) - set(index))
+    if missing:
+        raise LabelError(
+            f"{source}: class indices must be 0..{len(index) - 1} without gaps (index {missing[0]} is missing)"
+        )
+    return [index[i] for i in range(len(index))]
+
+
+def check_label_count(count: int, num_classes: int, source: object) -> None:
+    """The one rule for names given for a model's outputs (``--labels``, a weight file's names): exactly one per
+    class, else :class:`LabelError` naming ``source``."""
+    if count != num_classes:
+        raise LabelError(f"{source}: has {count} labels but the model has {num_classes} classes")
+
+
 def _labels_from_json(data: Any, path: Path) -> list[str]:
     if isinstance(data, dict) and "id2label" in data:
         data = data["id2label"]
     if isinstance(data, list) and all(isinstance(x, str) for x in data):
         return list(data)
     if isinstance(data, dict):
-        try:
-            index = {int(k): str(v) for k, v in data.items()}
-        except (TypeError, ValueError):
-            raise LabelError(f"{path}: JSON mapping keys must be class indices") from None
-        if sorted(index) != list(range(len(index))):
-            raise LabelError(f"{path}: class indices must be 0..{len(index) - 1} without gaps")
-        return [index[i] for i in range(len(index))]
+        return names_by_index(data, path)
     raise LabelError(f"{path}: expected a JSON list of names or an index -> name mapping")
 
 
@@ -258,7 +283,23 @@ def resolve_labels(
             labels, source = load_label_file(label_file), str(label_file)
         else:
             labels, source = [str(x) for x in label_file], "labels"
-        if len(labels) != num_classes:
-            raise LabelError(f"{source}: has {len(labels)} labels but the model has {num_classes} classes")
+        check_label_count(len(labels), num_classes, source)
         return labels
     return shown_names(LabelSet.parse(model_labels), num_classes)
+
+
+def check_class_indices(labels: Any, num_classes: int, what: str = "labels") -> None:
+    """The one rule for training targets in every front-end's trainer: integer class indices in
+    ``[0, num_classes)``. A float is truncated and an out-of-range index becomes an all-zero one-hot target (or an
+    error deep in a kernel), both giving a finite, wrong loss: refused here in one :class:`DataError` line.
+
+    ``labels``: anything ``numpy.asarray`` takes (a numpy array, a list, a CPU tensor).
+    """
+    import numpy as np
+
+    y = np.asarray(labels)
+    if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{what}: dtype {y.dtype}; expected integer class indices in [0, {num_classes})")
+    bad = y[(y < 0) | (y >= num_classes)]
+    if bad.size:
+        raise DataError(f"{what}: {bad.flat[0]} is out of range for a {num_classes}-class model")

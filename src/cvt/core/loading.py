@@ -107,6 +107,38 @@ def adapt_head(state_dict: Mapping[str, Any], model_classes: int) -> tuple[dict[
     return {k: v for k, v in state_dict.items() if not k.startswith("head.")}, [note]
 
 
+def dtype_name(value: Any) -> str:
+    """The element type of a numpy array or framework tensor, as its framework spells it (``int32``, ``bool``)."""
+    dtype = getattr(value, "dtype", None)
+    return str(dtype).removeprefix("torch.") if dtype is not None else type(value).__name__
+
+
+def is_floating(value: Any) -> bool:
+    """True for a floating-point array or tensor (float16/32/64, bfloat16 from torch or ml_dtypes)."""
+    if hasattr(value, "is_floating_point"):  # a torch tensor, without importing torch here
+        return bool(value.is_floating_point())
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        return False
+    # ml_dtypes' bfloat16 / float8 (JAX's) are numpy kind "V": names tell them apart from records
+    return np.dtype(dtype).kind == "f" or "float" in str(dtype)
+
+
+def check_dtypes(state_dict: Mapping[str, Any], source: object) -> None:
+    """Refuse a tensor whose values are no floating-point numbers where the model's parameter is one.
+
+    Every CvT tensor is floating-point but the optional counters (:data:`OPTIONAL_TENSORS`); a ``bool`` or
+    ``int32`` tensor there was cast to float silently by all three front-ends (a file that lies about its values).
+    Raises :class:`WeightsError` naming the file and the first such tensor.
+    """
+    for name, value in state_dict.items():
+        if not is_optional(name) and not is_floating(value):
+            raise WeightsError(
+                f"{source}: tensor {name} holds {dtype_name(value)} values; CvT parameters are floating-point "
+                "(float16, bfloat16, float32 or float64)"
+            )
+
+
 @dataclass(frozen=True)
 class Slot:
     """One variable of a front-end's model: its shape as the framework holds it and its layout kind."""
@@ -129,6 +161,7 @@ def match(
     the first problem); without it only the tensors that fit come back. Absent optional tensors are not in the
     result: the front-end keeps (or zeroes) its own.
     """
+    check_dtypes(state_dict, source)
     model_classes = slots["head.weight"].torch_shape[0] if "head.weight" in slots else 0
     tensors, notes = adapt_head(state_dict, model_classes)
     expected = {name: slot.torch_shape for name, slot in slots.items()}

@@ -12,8 +12,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from . import bounds
 from .config import CvTConfig
-from .errors import WeightsError
+from .errors import ConfigError, CvtError, WeightsError, first_line
+from .labels import check_label_count
 from .spec import EvalPreprocess, PretrainedSpec
 
 FORMAT_TAG = "cvt-torch"
@@ -23,6 +25,8 @@ def encode_metadata(config: CvTConfig, spec: PretrainedSpec | None = None) -> di
     """The safetensors metadata of a native file (strings only, as safetensors requires)."""
     meta = {"format": "pt", "format_tag": FORMAT_TAG, "config": json.dumps(config.to_dict())}
     if spec is not None:
+        if spec.labels is not None and config.num_classes:  # never write names that describe another head
+            check_label_count(len(spec.labels), config.num_classes, "class names of the spec")
         meta["spec"] = json.dumps(spec.to_dict())
     return meta
 
@@ -32,22 +36,49 @@ def is_native(meta: Mapping[str, Any]) -> bool:
 
 
 def decode_metadata(meta: Mapping[str, Any], source: object = "file") -> tuple[CvTConfig, PretrainedSpec | None]:
-    """``(config, spec)`` from native metadata (strings) or a native ``config.json`` (parsed)."""
-    try:
-        cfg = meta["config"]
-        cfg = json.loads(cfg) if isinstance(cfg, str) else dict(cfg)
-        spec_d = meta.get("spec")
-        spec_d = json.loads(spec_d) if isinstance(spec_d, str) else spec_d
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{source}: unreadable cvt metadata ({e})") from None
+    """``(config, spec)`` from native metadata (strings) or a native ``config.json`` (parsed).
+
+    Every problem is one :class:`WeightsError` line naming ``source`` and the field: JSON that is not an object
+    (a list, a string), nested too deeply, fields of the wrong type or out of bounds (:mod:`cvt.core.bounds`).
+    """
+    cfg = _json_object(meta.get("config"), "config", source)
+    spec_d = meta.get("spec")
+    spec_d = None if spec_d is None else _json_object(spec_d, "spec", source)
     extra = cfg.pop("extra", None) or {}
-    spec = PretrainedSpec.from_dict(spec_d) if isinstance(spec_d, Mapping) else None
-    if spec is None and extra:  # written before 0.2
-        pre = extra.get("preprocess")
-        spec = PretrainedSpec(
-            preprocess=EvalPreprocess.from_dict(pre)
-            if isinstance(pre, Mapping)
-            else EvalPreprocess.for_size(int(cfg.get("img_size", 224))),
-            labels=extra.get("labels"),
-        )
-    return CvTConfig.from_dict(cfg), spec
+    try:
+        config = CvTConfig.from_dict(cfg)
+    except ConfigError as e:
+        raise WeightsError(f"{source}: metadata config: {e}") from None
+    try:
+        spec = PretrainedSpec.from_dict(spec_d) if spec_d is not None else None
+        if spec is None and isinstance(extra, Mapping) and extra:  # written before 0.2
+            pre = extra.get("preprocess")
+            spec = PretrainedSpec(
+                preprocess=EvalPreprocess.from_dict(pre)
+                if isinstance(pre, Mapping)
+                else EvalPreprocess.for_size(config.img_size),
+                labels=extra.get("labels"),
+            )
+    except WeightsError:
+        raise
+    except (CvtError, TypeError, ValueError, KeyError, AttributeError) as e:
+        raise WeightsError(f"{source}: metadata spec: {first_line(e)}") from None
+    if spec is not None:  # the size predict resizes every image to: bounded like the architecture's
+        bounds.check(spec.preprocess.img_size, bounds.IMG_SIZE, f"{source}: metadata spec: img_size", WeightsError)
+    return config, spec
+
+
+def _json_object(value: Any, field: str, source: object) -> dict[str, Any]:
+    """A metadata field as a JSON object (a dict): parsed when a string, refused in one line when anything else."""
+    if isinstance(value, str):
+        if len(value) > bounds.DOCUMENT_BYTES.maximum:
+            raise WeightsError(f"{source}: metadata {field}: {len(value)} bytes ({bounds.DOCUMENT_BYTES.reason})")
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise WeightsError(f"{source}: metadata {field}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise WeightsError(f"{source}: metadata {field}: JSON nested too deeply") from None
+    if not isinstance(value, Mapping):
+        raise WeightsError(f"{source}: metadata {field}: expected a JSON object, got {type(value).__name__}")
+    return dict(value)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import CvTConfig
-from .errors import ConfigError, WeightsError
+from .errors import ConfigError, WeightsError, first_line
 from .labels import LabelSet, shown_names
 from .spec import EvalPreprocess, PretrainedSpec
 
@@ -146,8 +146,8 @@ def _json(meta: Mapping[str, str], key: str, source: object) -> Any:
         return None
     try:
         return json.loads(text)
-    except (TypeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{source}: metadata {key!r} is not JSON ({e})") from None
+    except (TypeError, json.JSONDecodeError, RecursionError) as e:
+        raise WeightsError(f"{source}: metadata {key!r} is not JSON ({first_line(e)})") from None
 
 
 def _labels(names: Any, label_set: str | None, source: object) -> LabelSet | None:

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from . import bounds
 from .errors import WeightsError, first_line
 
 # torch's typed storage classes -> numpy dtype ("bfloat16" has no numpy dtype: widened to float32 on read)
@@ -86,6 +87,8 @@ def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple, 
     size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
     if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
         raise ValueError(f"tensor view size {size}, stride {stride}, offset {offset} is impossible")
+    # a stride-0 view of a one-element storage declares any size: bounded before the copy below allocates it
+    bounds.check_tensor(size, "tensor view", ValueError)  # (ValueError: read_pickle names the file)
     if 0 in size:
         return np.zeros(size, storage.data.dtype)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))

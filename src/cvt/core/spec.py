@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any
 
 from .errors import ConfigError
@@ -19,6 +20,28 @@ from .labels import LabelSet
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+
+
+# the ranges preprocessing values must lie in: pixels are scaled to [0, 1] before normalising, so a mean outside
+# [0, 1] is no mean of pixels; a std under 1e-3 multiplies pixels by more than 1000 (float16 and the first layers
+# overflow) and one over 1e3 flattens every image to its mean
+MEAN_RANGE = (0.0, 1.0)
+STD_RANGE = (1e-3, 1e3)
+
+
+def _three_numbers(name: str, value: Any, bounds: tuple[float, float]) -> tuple[float, float, float]:
+    """``value`` as 3 finite floats within ``bounds`` (inclusive), else :class:`ConfigError` naming ``name``."""
+    try:
+        numbers = tuple(value)
+    except TypeError:
+        raise ConfigError(f"{name}: expected 3 numbers (one per channel), got {value!r}") from None
+    if len(numbers) != 3 or not all(isinstance(v, Real) and not isinstance(v, bool) for v in numbers):
+        raise ConfigError(f"{name}: expected 3 numbers (one per channel), got {value!r}")
+    low, high = bounds
+    floats = tuple(float(v) for v in numbers)
+    if not all(low <= v <= high for v in floats):  # NaN and inf fail this too
+        raise ConfigError(f"{name}: every value must be finite and in [{low:g}, {high:g}], got {list(floats)}")
+    return floats  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -32,18 +55,19 @@ class EvalPreprocess:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        if not isinstance(self.img_size, int) or self.img_size < 1:
+        # every value here enters the numbers of each image: finite and in range, or refused (NaN here was nan% out)
+        object.__setattr__(self, "mean", _three_numbers("mean", self.mean, MEAN_RANGE))
+        object.__setattr__(self, "std", _three_numbers("std", self.std, STD_RANGE))
+        if not isinstance(self.img_size, int) or isinstance(self.img_size, bool) or self.img_size < 1:
             raise ConfigError(f"img_size: must be a positive integer, got {self.img_size!r}")
-        if not 0.0 < self.crop_pct <= 1.0:
-            raise ConfigError(f"crop_pct: must be in (0, 1], got {self.crop_pct}")
+        if (
+            not isinstance(self.crop_pct, Real)
+            or isinstance(self.crop_pct, bool)
+            or not 0.0 < self.crop_pct <= 1.0  # NaN fails this too
+        ):
+            raise ConfigError(f"crop_pct: must be a number in (0, 1], got {self.crop_pct!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(f"interpolation: {self.interpolation!r} is not one of {INTERPOLATIONS}")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ConfigError(f"mean/std: expected 3 values each, got {self.mean} / {self.std}")
-        if any(s <= 0 for s in self.std):
-            raise ConfigError(f"std: every value must be > 0, got {self.std}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

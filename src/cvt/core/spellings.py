@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import bounds
 from .config import CvTConfig, StageConfig, reject_unknown
-from .errors import ConfigError
+from .errors import ConfigError, shorten
 from .labels import HF_PLACEHOLDER, LabelSet, placeholders
 
 # StageConfig field -> (official SPEC key, HF CvtConfig field, HF's default when a config.json omits the field)
@@ -54,11 +55,14 @@ def from_official_spec(spec: Mapping[str, Any], **overrides: Any) -> CvTConfig:
     ``NUM_STAGES`` entries; ``POS_EMBED`` must be all false (no released model uses one and this library has
     none). ``overrides``: other :class:`CvTConfig` fields (``name``, ``num_classes`` ...).
     """
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"SPEC: expected a mapping of fields, got {type(spec).__name__} {shorten(spec)}")
     spec = {str(k).upper(): v for k, v in spec.items()}
     reject_unknown(spec, set(_OFFICIAL_KEYS) | {"NUM_STAGES", "INIT", "POS_EMBED"}, "SPEC.")
     n = spec.get("NUM_STAGES", len(spec.get("DEPTH", ())))
-    if not isinstance(n, int) or n < 1:
-        raise ConfigError(f"SPEC.NUM_STAGES: must be a positive integer, got {n!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"SPEC.NUM_STAGES: must be a positive integer, got {shorten(n)}")
+    bounds.check(n, bounds.STAGES, "SPEC.NUM_STAGES")  # before any per-stage list is made
     if any(_as_list(spec.get("POS_EMBED", [False] * n), "SPEC.POS_EMBED", n)):
         raise ConfigError("SPEC.POS_EMBED: positional embeddings are not supported (no released CvT uses them)")
     per_stage: list[dict[str, Any]] = [{} for _ in range(n)]
@@ -71,7 +75,7 @@ def from_official_spec(spec: Mapping[str, Any], **overrides: Any) -> CvTConfig:
         for req in ("embed_dim", "depth", "num_heads"):
             if req not in s:
                 raise ConfigError(f"SPEC: missing {STAGE_FIELDS[req][0]} (needed for stage {i})")
-    kwargs: dict[str, Any] = {"init": str(spec.get("INIT", "trunc_norm"))}
+    kwargs: dict[str, Any] = {"init": spec.get("INIT", "trunc_norm")}
     kwargs.update(overrides)
     return CvTConfig(stages=tuple(StageConfig(**s) for s in per_stage), **kwargs)
 
@@ -91,22 +95,28 @@ def from_hf_config(hf: Mapping[str, Any], **overrides: Any) -> CvTConfig:
 
     The class names (``id2label``) are not architecture: :func:`cvt.core.config.hf_labels` reads them.
     """
+    if not isinstance(hf, Mapping):
+        raise ConfigError(f"config: expected a JSON object, got {type(hf).__name__}")
     if hf.get("model_type", "cvt") != "cvt":
-        raise ConfigError(f"model_type: expected 'cvt', got {hf.get('model_type')!r}")
+        raise ConfigError(f"model_type: expected 'cvt', got {shorten(hf.get('model_type'))}")
     depth = hf.get("depth", STAGE_FIELDS["depth"][2])
-    n = len(depth) if isinstance(depth, Sequence) else 0
+    n = len(depth) if isinstance(depth, Sequence) and not isinstance(depth, (str, bytes)) else 0
     if n < 1:
-        raise ConfigError(f"depth: expected a list, got {depth!r}")
+        raise ConfigError(f"depth: expected a list, got {shorten(depth)}")
+    bounds.check(n, bounds.STAGES, "depth: number of stages")
     per_stage: list[dict[str, Any]] = [{} for _ in range(n)]
     for attr, (_, key, hf_default) in STAGE_FIELDS.items():
         for i, v in enumerate(_as_list(hf.get(key, hf_default), key, n)):
             per_stage[i][attr] = v
-    kwargs: dict[str, Any] = {"activation": "gelu", "in_chans": int(hf.get("num_channels", 3))}
+    # the JSON types are CvTConfig's to check (a string "3" is refused there, not converted here)
+    kwargs: dict[str, Any] = {"activation": "gelu", "in_chans": hf.get("num_channels", 3)}
     id2label = hf.get("id2label")
+    if id2label and not isinstance(id2label, Mapping):
+        raise ConfigError(f"id2label: expected a mapping of class index to name, got {type(id2label).__name__}")
     if id2label:
         kwargs["num_classes"] = len(id2label)
     elif "num_labels" in hf:
-        kwargs["num_classes"] = int(hf["num_labels"])
+        kwargs["num_classes"] = hf["num_labels"]
     kwargs.update(overrides)
     return CvTConfig(stages=tuple(StageConfig(**s) for s in per_stage), **kwargs)
 
@@ -142,7 +152,7 @@ def to_hf_config(config: CvTConfig, labels: LabelSet | Sequence[str] | str | Non
 def _as_list(value: Any, name: str, n: int) -> list[Any]:
     """A per-stage list of ``n`` values, or a :class:`ConfigError` naming the field."""
     if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
-        raise ConfigError(f"{name}: expected a list of {n} per-stage values, got {value!r}")
+        raise ConfigError(f"{name}: expected a list of {n} per-stage values, got {shorten(value)}")
     if len(value) != n:
-        raise ConfigError(f"{name}: expected {n} per-stage values, got {len(value)} ({list(value)!r})")
+        raise ConfigError(f"{name}: expected {n} per-stage values, got {len(value)} ({shorten(list(value))})")
     return list(value)

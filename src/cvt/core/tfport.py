@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import WeightsError, first_line, require
+from . import bounds
+from .errors import WeightsError, first_line, require, shorten
 from .layouts import kind_of_kernel, to_torch
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -82,6 +83,27 @@ def _datasets(f: Any) -> list[tuple[str, Any]]:
     return found
 
 
+def check_h5(f: Any, path: Path, kinds: str = "f") -> None:
+    """Refuse (one :class:`WeightsError` line) an open HDF5 file whose datasets :mod:`.bounds` does not allow,
+    from their declared shapes and dtypes alone, before any dataset is read: too many, one of too many elements,
+    a dtype whose ``numpy`` kind is not in ``kinds`` (weights are floating point), or more declared bytes than the
+    file can hold (:data:`~cvt.core.bounds.HDF5_EXPANSION`: a 3 KB file declaring a (30000, 30000) dataset)."""
+    datasets = _datasets(f)
+    bounds.check(len(datasets), bounds.TENSORS, f"{path}: number of datasets", WeightsError)
+    declared = 0
+    for name, ds in datasets:
+        what = f"{path}: dataset {shorten(name)}"
+        n = bounds.check_tensor(tuple(int(d) for d in ds.shape), what, WeightsError)
+        if ds.dtype.kind not in kinds:
+            raise WeightsError(f"{what}: dtype {ds.dtype} is not a weight's")
+        declared += n * ds.dtype.itemsize
+    stored = path.stat().st_size
+    if declared > bounds.HDF5_EXPANSION * stored + 2**20:
+        raise WeightsError(
+            f"{path}: its datasets declare {declared} bytes, far more than the file's {stored} (a bomb or no data)"
+        )
+
+
 def read_h5(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """The port's ``.h5`` as ``{official name: numpy array in PyTorch layout}`` (module docstring)."""
     require("h5py", "keras", "reading a cvt-tensorflow .h5 file")
@@ -99,6 +121,7 @@ def read_h5(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             if not any(_TOP.match(t) for t in top):
                 shown = ", ".join(top[:5]) or "nothing"
                 raise WeightsError(f"{path}: not a cvt-tensorflow weight file (top-level groups: {shown})")
+            check_h5(f, path)  # shapes, dtypes and sizes bounded before anything is read
             out: dict[str, np.ndarray] = {}
             for name, ds in _datasets(f):
                 try:

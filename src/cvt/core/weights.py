@@ -35,11 +35,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import native, pickles, tfport
+from . import bounds, native, pickles, tfport
 from .config import CvTConfig, hf_labels
-from .errors import ConversionError, UnknownModelError, UsageError, WeightsError, first_line
+from .errors import (
+    ConfigError,
+    ConversionError,
+    LabelError,
+    UnknownModelError,
+    UsageError,
+    WeightsError,
+    first_line,
+    shorten,
+)
 from .files import atomic_write
 from .keys import to_native
+from .labels import check_label_count
 from .loading import fit_report, head_classes
 from .presets import default_spec, get_checkpoint, get_config, infer_config
 from .spec import EvalPreprocess, PretrainedSpec
@@ -95,12 +105,53 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
 def _load_safetensors(path: Path, framework: str) -> tuple[dict[str, Any], dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
+    _check_safetensors_header(path)  # bounded before safetensors maps or allocates anything
     try:
         with safe_open(str(path), framework=framework) as f:
             meta = f.metadata() or {}
             return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 (safe_open is no dict)
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
         raise WeightsError(f"{path}: not a valid safetensors file, truncated or corrupt ({first_line(e)})") from None
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Read a safetensors file's small JSON header first and refuse (one line) what :mod:`.bounds` does not allow:
+    a header longer than the file or than 100 MiB, too many tensors, a tensor of too many elements or one whose
+    bytes lie outside the file."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise WeightsError(f"{path}: not a valid safetensors file, truncated or corrupt ({size} bytes)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > min(size - 8, bounds.HEADER_BYTES.maximum):
+            raise WeightsError(
+                f"{path}: not a valid safetensors file, truncated or corrupt (header of {n} bytes, file of {size})"
+            )
+        text = f.read(n)
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise WeightsError(f"{path}: not a valid safetensors file, corrupt header ({first_line(e)})") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path}: not a valid safetensors file (header is a JSON {type(header).__name__})")
+    bounds.check(len(header), bounds.TENSORS, f"{path}: number of tensors", WeightsError)
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list):
+            raise WeightsError(f"{path}: tensor {shorten(name)}: header entry without a shape")
+        bounds.check_tensor(tuple(shape), f"{path}: tensor {shorten(name)}", WeightsError)
+        offsets = entry.get("data_offsets")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise WeightsError(f"{path}: tensor {shorten(name)}: header entry without data offsets")
+        if offsets[1] > size - 8 - n:  # the tensors actually present: bytes past the end are not
+            raise WeightsError(
+                f"{path}: not a valid safetensors file, truncated or corrupt (tensor {shorten(name)} ends past the end)"
+            )
 
 
 def read_raw(path: Path, *, framework: str = "np") -> tuple[dict[str, Any], dict[str, str], Path]:
@@ -140,10 +191,14 @@ def read_raw(path: Path, *, framework: str = "np") -> tuple[dict[str, Any], dict
 def check_values(state_dict: Mapping[str, Any], source: object) -> None:
     """Refuse weights no model should run: non-finite values anywhere, negative BatchNorm variances.
 
-    Raises :class:`WeightsError` naming the file and the first bad tensor (native name).
+    Raises :class:`WeightsError` naming the file and the first bad tensor (native name). Element types are
+    :func:`cvt.core.loading.check_dtypes`'s rule (also applied when a front-end assigns the tensors).
     """
     import numpy as np
 
+    from .loading import check_dtypes
+
+    check_dtypes(state_dict, source)
     for name, value in state_dict.items():
         arr = _float_array(value)
         if arr is None:
@@ -183,27 +238,90 @@ def read_arrays(
         sd, fmt = to_native(tensors)
     except ConversionError as e:
         raise WeightsError(f"{weight_file}: {e}") from None
-    if check:
-        check_values(sd, weight_file)
+    check_layout(sd, weight_file)
     out = LoadedArrays(sd, fmt, weight_file)
-    if native.is_native(meta):
+    if native.is_native(meta):  # the metadata's sizes are bounded and compared with the tensors before any use
         out.config, out.spec = native.decode_metadata(meta, weight_file)
         out.described_by = "native"
     config_json = weight_file.parent / "config.json"
     if out.config is None and config_json.is_file():
-        try:
-            d = json.loads(config_json.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise WeightsError(f"{config_json}: not valid JSON ({first_line(e)})") from None
+        d = _read_config_json(config_json)
         if native.is_native(d):
             out.config, out.spec = native.decode_metadata(d, config_json)
             out.described_by = "native"
-        elif d.get("model_type") == "cvt":
-            out.config = CvTConfig.from_hf_config(d)
+        elif "model_type" in d:
+            if d["model_type"] != "cvt":
+                raise WeightsError(f"{config_json}: model_type {shorten(d['model_type'])} is not a CvT ('cvt')")
+            try:
+                out.config = CvTConfig.from_hf_config(d)
+            except ConfigError as e:
+                raise WeightsError(f"{config_json}: {e}") from None
             out.described_by = "hf"
-            pre = _hf_preprocess(weight_file.parent, out.config)
-            out.spec = PretrainedSpec(preprocess=pre, labels=hf_labels(d), source=str(weight_file.parent))
+            try:
+                pre = _hf_preprocess(weight_file.parent, out.config)
+            except RecursionError:
+                proc = weight_file.parent / "preprocessor_config.json"
+                raise WeightsError(f"{proc}: JSON nested too deeply") from None
+            bounds.check(pre.img_size, bounds.IMG_SIZE, f"{weight_file.parent}: preprocessing img_size", WeightsError)
+            try:
+                labels = hf_labels(d)
+            except ConfigError as e:
+                raise WeightsError(f"{config_json}: {e}") from None
+            out.spec = PretrainedSpec(preprocess=pre, labels=labels, source=str(weight_file.parent))
+    if out.config is not None:
+        check_layout(sd, weight_file, out.config)
+    classes = head_classes(sd)
+    if out.spec is not None and out.spec.labels is not None and classes:
+        try:  # names that describe another head describe none: the --labels rule, not a silent drop
+            check_label_count(len(out.spec.labels), classes, f"{weight_file}: its class names")
+        except LabelError as e:
+            raise WeightsError(str(e)) from None
+    if check:
+        check_values(sd, weight_file)
     return out
+
+
+def _read_config_json(path: Path) -> dict[str, Any]:
+    """An HF or native ``config.json`` as a dict: one :class:`WeightsError` line naming it for anything else (not
+    JSON, a list, nested past the parser's depth, larger than a config could be)."""
+    try:
+        if path.stat().st_size > bounds.DOCUMENT_BYTES.maximum:
+            raise WeightsError(f"{path}: {path.stat().st_size} bytes ({bounds.DOCUMENT_BYTES.reason})")
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: not valid JSON ({first_line(e)})") from None
+    except RecursionError:
+        raise WeightsError(f"{path}: not a usable config (JSON nested too deeply)") from None
+    if not isinstance(d, dict):
+        raise WeightsError(f"{path}: expected a JSON object, got a JSON {type(d).__name__}")
+    return d
+
+
+def check_layout(sd: Mapping[str, Any], source: object, config: CvTConfig | None = None) -> None:
+    """Stage and block indices in the tensor names within :mod:`.bounds`; with the ``config`` a file declares, the
+    same number of stages and of blocks per stage (``depth: 1000000000`` over 3 blocks is refused here, before
+    any shape is built per declared block). One :class:`WeightsError` line naming ``source``."""
+    blocks: dict[int, int] = {}
+    for key in sd:
+        parts = key.split(".")
+        if parts[0] != "stages" or len(parts) < 3 or not parts[1].isdigit():
+            continue
+        i = int(parts[1])
+        bounds.check(i + 1, bounds.STAGES, f"{source}: tensor {shorten(key)}: stage index", WeightsError)
+        blocks.setdefault(i, 0)
+        if parts[2] == "blocks" and len(parts) > 3 and parts[3].isdigit():
+            j = int(parts[3])
+            bounds.check(j + 1, bounds.DEPTH, f"{source}: tensor {shorten(key)}: block index", WeightsError)
+            blocks[i] = max(blocks[i], j + 1)
+    if config is None or not blocks:
+        return
+    declared = [s.depth for s in config.stages]
+    held = [blocks.get(i, 0) for i in range(max(len(declared), max(blocks) + 1))]
+    if declared != held:
+        raise WeightsError(
+            f"{source}: its config declares {len(declared)} stage(s) of depths {shorten(declared)}, but the file "
+            f"holds blocks for depths {shorten(held)}"
+        )
 
 
 def _hf_preprocess(directory: Path, config: CvTConfig) -> EvalPreprocess:

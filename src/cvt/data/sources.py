@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..core.classes import ClassMapping, EvalData, eval_samples, few, read_eval_folder, scan_folder, sort_classes
-from ..core.errors import DataError, ImageError
+from ..core.errors import DataError, ImageError, first_line
 from ..core.images import IMAGE_EXTENSIONS, load_image
 from ..core.labels import LabelSet
 
@@ -125,8 +125,8 @@ def read_list(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     if path.suffix.lower() == ".json":
         try:
             data: Any = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e})") from None
+        except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: brackets nested past Python's limit
+            raise DataError(f"{path}: not valid JSON ({first_line(e)})") from None
         if isinstance(data, dict):
             data = data.get("samples", data.get("images"))
         if not isinstance(data, list):

@@ -131,8 +131,14 @@ class CvT(nnx.Module):
         self.config.feature_shapes(x.shape[1], x.shape[2])  # clear error for too-small inputs
 
     def forward_features(self, x: Array) -> Array:
-        """``(B, H, W, C_in)`` -> last-stage tokens ``(B, N, C)``: the cls token first when there is one."""
+        """``(B, H, W, C_in)`` -> last-stage tokens ``(B, N, C)``: the cls token first when there is one.
+
+        An empty batch (``B == 0``) gives an empty result of the right shape (one image's shapes, none of its rows):
+        reshapes with an inferred axis cannot be computed on zero elements.
+        """
         self._check_input(x)
+        if x.shape[0] == 0:
+            return self.forward_features(jnp.zeros((1, *x.shape[1:]), x.dtype))[:0]
         for stage in self.stages:
             tokens, x = stage(x)  # (B, N_i, C_i) and its (B, H_i, W_i, C_i) map, the next stage's input
         return tokens

@@ -9,6 +9,13 @@ Data parallel (:class:`Trainer` with ``mesh=``): a one-axis mesh ``("data",)`` o
 sharded along it, parameters, BatchNorm statistics and optimizer state replicated. The step is the same
 program as on one device: XLA partitions it, so BatchNorm's batch statistics and the loss are means over the
 GLOBAL batch (no per-device statistics, no ``axis_name``), and two devices give the one-device step.
+
+Ownership: a :class:`Trainer` works on its own copy of the model's arrays (the step donates its state, and
+arrays shared with the user's model would be deleted under it): the model passed in stays usable and keeps its
+initial weights; :meth:`Trainer.model` gives the trained one. Labels are checked on the host before each step
+(integers in ``[0, num_classes)``): a label the one-hot would silently zero is one line, not a finite loss.
+Checkpoints never replace what is not an Orbax checkpoint (:data:`cvt.core.files.ORBAX_CHECKPOINT`), and
+replacing one is explicit (``overwrite=True``); an unreadable one is one line naming the directory.
 """
 
 from __future__ import annotations
@@ -26,11 +33,27 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from ..core.errors import CvtError, DataError, WriteError, first_line
+from ..core.files import ORBAX_CHECKPOINT, atomic_write_dir
+from ..core.labels import check_class_indices
 from ..core.optim import decays
 from .model import CvT
 from .weights import native_name
 
 Array = jax.Array
+
+
+class CheckpointError(CvtError, ValueError):
+    """An Orbax checkpoint that cannot be restored (one line naming the directory)."""
+
+
+def check_labels(labels: Any, num_classes: int, batch: int) -> None:
+    """Refuse labels a step would silently misuse: ``(batch,)`` integers in ``[0, num_classes)`` (one-hot turns an
+    out-of-range index into an all-zero target and a float is truncated, both giving a finite, wrong loss)."""
+    y = np.asarray(labels)
+    if y.shape != (batch,):
+        raise DataError(f"labels: shape {y.shape}, expected ({batch},) class indices for a batch of {batch}")
+    check_class_indices(y, num_classes)
 
 
 def _path_names(path: tuple[Any, ...]) -> list[str]:
@@ -88,8 +111,10 @@ def data_mesh(devices: list[jax.Device] | None = None) -> Mesh:
 class Trainer:
     """A CvT, an optimizer and a compiled step. ``trainer.step(images, labels)`` -> ``{"loss": float}``.
 
-    ``images``: NHWC ``(B, H, W, C)`` float; ``labels``: ``(B,)`` int. With ``mesh``, ``B`` must divide by
-    the number of devices. :meth:`model` gives the current model (a copy, in eval mode) at any time.
+    ``images``: NHWC ``(B, H, W, C)`` float; ``labels``: ``(B,)`` int in ``[0, num_classes)`` (else
+    :class:`~cvt.core.errors.DataError`). With ``mesh``, ``B`` must divide by the number of devices.
+    :meth:`model` gives the current model (a copy, in eval mode) at any time; the ``model`` passed in is not
+    changed by training (the trainer copies its arrays) and is left in train mode.
     """
 
     def __init__(
@@ -101,7 +126,10 @@ class Trainer:
         mesh: Mesh | None = None,
     ):
         model.train()
+        self.num_classes = int(model.config.num_classes)
         self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        # own copies: the step donates its state, which would delete the arrays the user's model still holds
+        params, rest = jax.tree.map(_copy, params), jax.tree.map(_copy, rest)
         model.eval()
         self.eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
         model.train()
@@ -150,6 +178,7 @@ class Trainer:
 
     def step(self, images: Any, labels: Any) -> dict[str, float]:
         """One optimizer step on a batch; returns the batch's mean loss (before the update)."""
+        check_labels(labels, self.num_classes, int(np.shape(images)[0]) if np.ndim(images) else -1)
         self.state, metrics = self._step(self.state, self._put(images), self._put(labels))
         return {k: float(v) for k, v in metrics.items()}
 
@@ -163,23 +192,56 @@ class Trainer:
         return model
 
     # ------------------------------------------------------------------ Orbax checkpoints
-    def save_checkpoint(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the whole training state (parameters, statistics, optimizer, step) as an Orbax checkpoint."""
+    def save_checkpoint(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the whole training state (parameters, statistics, optimizer, step) as an Orbax checkpoint.
+
+        Written beside ``directory`` and swapped into place (:func:`cvt.core.files.atomic_write_dir`): a new or
+        empty directory is filled; an existing checkpoint is replaced only with ``overwrite=True``; any other
+        non-empty directory is refused (:class:`~cvt.core.errors.WriteError`, one line), nothing deleted.
+        """
         import orbax.checkpoint as ocp
 
         path = Path(directory).absolute()
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(path, _to_saveable(self.state), force=True)
+        if path.is_dir() and ORBAX_CHECKPOINT.recognise(path) and not overwrite:
+            raise WriteError(f"{directory}: already holds an Orbax checkpoint (pass overwrite=True to replace it)")
+        state = _to_saveable(self.state)
+
+        def write(tmp: Path) -> None:
+            with ocp.StandardCheckpointer() as checkpointer:
+                checkpointer.save(tmp, state, force=True)  # tmp: the fresh directory atomic_write_dir made
+
+        atomic_write_dir(path, write, kind=ORBAX_CHECKPOINT, whole=True)
         return path
 
     def restore_checkpoint(self, directory: str | os.PathLike[str]) -> None:
-        """Read a checkpoint written by :meth:`save_checkpoint` for the same model and optimizer."""
+        """Read a checkpoint written by :meth:`save_checkpoint` for the same model and optimizer.
+
+        Raises :class:`CheckpointError` (one line naming ``directory``) for a missing, empty, foreign, truncated
+        or mismatched checkpoint; the trainer's state is unchanged then."""
         import orbax.checkpoint as ocp
 
+        path = Path(directory).absolute()
+        if not path.is_dir():
+            raise CheckpointError(f"{directory}: not a directory (an Orbax checkpoint is one)")
+        if not ORBAX_CHECKPOINT.recognise(path):
+            raise CheckpointError(f"{directory}: not an Orbax checkpoint (no _CHECKPOINT_METADATA)")
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_saveable(self.state))
-        with ocp.StandardCheckpointer() as checkpointer:
-            restored = checkpointer.restore(Path(directory).absolute(), target)
+        try:
+            with ocp.StandardCheckpointer() as checkpointer:
+                restored = checkpointer.restore(path, target)
+        except Exception as e:  # Orbax / TensorStore errors run to kilobytes: one line, the type and its start
+            raise CheckpointError(
+                f"{directory}: not a readable checkpoint of this model and optimizer "
+                f"({type(e).__name__}: {first_line(e, 120)})"
+            ) from None
         self.state = jax.device_put(_from_saveable(restored, self.state), self._replicated)  # as in __init__
+
+
+def _copy(leaf: Any) -> Any:
+    """A fresh copy of an array leaf (typed PRNG keys through their raw data)."""
+    if _is_key(leaf):
+        return jax.random.wrap_key_data(jnp.copy(jax.random.key_data(leaf)), impl=jax.random.key_impl(leaf))
+    return jnp.copy(leaf) if isinstance(leaf, jax.Array) else leaf
 
 
 def _to_saveable(state: TrainState) -> Any:

@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from ..core.config import CvTConfig
+from ..core.files import check_suffix
 from ..core.layouts import kind_of_kernel, to_torch
 from ..core.loading import FitReport, Slot, head_classes, match
 from ..core.spec import PretrainedSpec
@@ -153,5 +154,8 @@ def from_pretrained(name: str, **kwargs: Any) -> CvT:
 
 
 def save(model: CvT, path: str | os.PathLike[str], spec: PretrainedSpec | None = None) -> Path:
-    """Write our native safetensors (config and spec in its metadata): it loads in PyTorch and JAX alike."""
+    """Write our native safetensors (config and spec in its metadata): it loads in PyTorch and JAX alike.
+
+    ``path`` must end in ``.safetensors`` (anything else: one :class:`~cvt.core.errors.WriteError` line)."""
+    check_suffix(path, (".safetensors",), "a native weights file")
     return save_native_arrays(state_dict(model), model.config, path, spec or model.pretrained_cfg)

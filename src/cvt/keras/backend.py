@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from types import ModuleType
 
-from ..core.errors import MissingDependencyError, first_line
+from ..core.errors import MissingDependencyError, UsageError, first_line
 
 FRAMEWORKS = ("tensorflow", "jax", "torch")  # Keras 3's backends that cvt supports (and tests)
 
@@ -74,3 +74,17 @@ def import_keras() -> ModuleType:
         raise KerasBackendError(backend_message(first_line(e))) from None
     except ValueError as e:  # "Unable to import backend : bogus"
         raise KerasBackendError(backend_message(first_line(e))) from None
+
+
+def check_tensorflow_backend(what: str, backend: str | None = None) -> None:
+    """Refuse in one line an export that only Keras' TensorFlow backend can make (SavedModel, LiteRT) when another
+    backend is chosen: installing a package would not help, the backend must change. ``backend``: the one Keras
+    runs (``keras.backend.backend()``) once imported; ``None``: the one it would choose (:func:`chosen_backend`)."""
+    origin = "Keras runs"
+    if backend is None:
+        backend, origin = chosen_backend()
+    if backend != "tensorflow":
+        raise UsageError(
+            f"{what}: needs Keras' TensorFlow backend, but the backend is {backend!r} (from {origin}); "
+            "run it with KERAS_BACKEND=tensorflow"
+        )

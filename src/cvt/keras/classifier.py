@@ -25,6 +25,7 @@ import numpy as np
 
 from ..core.config import CvTConfig
 from ..core.errors import ImageError, UsageError
+from ..core.labels import check_class_indices
 from ..core.optim import decays
 from ..core.spec import PretrainedSpec
 from .backbone import CvTBackbone, dtype_scope
@@ -121,6 +122,17 @@ class CvTImageClassifier(keras.Model):
         if metrics == "auto":
             metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def fit(self, x: Any = None, y: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """Keras' ``fit``, refusing (:class:`~cvt.core.errors.DataError`, one line, before any step) in-memory
+        sparse labels ``y`` (a 1-d numpy array or list) that are not integers in ``[0, num_classes)``: the sparse
+        loss would give NaN or a silently wrong value for them. Labels inside a ``tf.data`` pipeline or a generator
+        are not seen here; one-hot (2-d) ``y`` is the user's own encoding and passes unchanged."""
+        if isinstance(y, (np.ndarray, list, tuple)) and self.num_classes:
+            labels = np.asarray(y)
+            if labels.ndim == 1:
+                _check_labels(labels, self.num_classes)
+        return super().fit(x, y, *args, **kwargs)
 
     def no_decay_variables(self) -> list[Any]:
         """The variables the core's rule (:func:`cvt.core.optim.decays`) exempts from weight decay, by native name:
@@ -223,3 +235,8 @@ def _is_integer(x: Any) -> bool:
     except (ValueError, TypeError, AttributeError):
         name = str(np.dtype(dtype)) if isinstance(dtype, np.dtype) else str(dtype)
     return name.startswith(("uint", "int"))
+
+
+def _check_labels(labels: np.ndarray, num_classes: int) -> None:
+    """Sparse labels must be integers in ``[0, num_classes)`` (the rule of every front-end's trainer)."""
+    check_class_indices(labels, num_classes, "y")

@@ -15,6 +15,7 @@ import keras
 
 from ..core.errors import require
 from ..core.export import DEFAULT_ATOL, check_atol
+from .backend import check_tensorflow_backend
 from .classifier import CvTImageClassifier
 
 
@@ -31,6 +32,7 @@ def export_saved_model(
     model: CvTImageClassifier, path: str | os.PathLike[str], image_size: int | tuple[int, int] | None = None
 ) -> Path:
     """A TF SavedModel directory with a ``serve`` endpoint (``tf.saved_model.load(path).serve(x)``)."""
+    check_tensorflow_backend("SavedModel export", keras.backend.backend())
     require("tensorflow", "keras", "SavedModel export")
     model.export(str(path), format="tf_saved_model", input_signature=input_spec(model, image_size), verbose=False)
     return Path(path)
@@ -40,6 +42,7 @@ def export_litert(
     model: CvTImageClassifier, path: str | os.PathLike[str], image_size: int | tuple[int, int] | None = None
 ) -> Path:
     """A LiteRT flatbuffer (``.tflite``) with TFLite builtin ops only (no Flex / select-TF ops)."""
+    check_tensorflow_backend("LiteRT export", keras.backend.backend())
     require("tensorflow", "keras", "LiteRT export")
     model.export(str(path), format="litert", input_signature=input_spec(model, image_size), verbose=False)
     return Path(path)
@@ -83,14 +86,18 @@ def export_verified(
     import numpy as np
 
     from ..core.errors import CvtError, UsageError
-    from ..core.files import atomic_write, atomic_write_dir, check_writable, check_writable_dir
+    from ..core.files import SAVED_MODEL, atomic_write, atomic_write_dir, check_destination, check_writable
 
     if fmt not in ("saved-model", "litert"):
         raise UsageError(f"unknown Keras export format {fmt!r} (use saved-model or litert)")
+    check_tensorflow_backend(f"{fmt} export", keras.backend.backend())  # before the slow trace, not a pip hint
     atol = check_atol(atol)
     path = Path(path)
     saved_model = fmt == "saved-model"
-    (check_writable_dir if saved_model else check_writable)(path)  # before the slow trace
+    if saved_model:  # before the slow trace: writable, and no user file that the export would replace
+        check_destination(path, SAVED_MODEL)
+    else:
+        check_writable(path)
     cfg = model.cvt_config
     size = image_size or cfg.img_size
     worst = 0.0
@@ -115,5 +122,8 @@ def export_verified(
                 f"{path}: the {fmt} export differs from Keras eager by {worst:.2e} (> atol {atol}); not written"
             )
 
-    (atomic_write_dir if saved_model else atomic_write)(path, write, check=verify)
+    if saved_model:  # into an existing folder only when it is a SavedModel already, or has no entry of one
+        atomic_write_dir(path, write, check=verify, kind=SAVED_MODEL)
+    else:
+        atomic_write(path, write, check=verify)
     return worst

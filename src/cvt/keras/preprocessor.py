@@ -87,6 +87,10 @@ class CvTImagePreprocessor:
             batch = [images]
         else:
             batch = list(images)
+        if not batch:  # an empty batch: an empty result of the output's shape, not np.stack's error
+            size = self.preprocess.img_size
+            shape = (0, 3, size, size) if self.data_format == "channels_first" else (0, size, size, 3)
+            return np.zeros(shape, np.float32)
         return np.stack([self._one(im) for im in batch])
 
     def __repr__(self) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..core import kerasfile
 from ..core.errors import CvtError
-from ..core.files import atomic_write_dir
+from ..core.files import KERAS_PRESET, atomic_write_dir, check_suffix
 from ..core.presets import weight_source
 from ..core.spec import EvalPreprocess, PretrainedSpec
 from ..core.weights import resolve, with_overrides
@@ -73,10 +73,13 @@ def _cvt_version() -> str:
 def save_to_preset(model: CvTBackbone | CvTImageClassifier, preset_dir: str | os.PathLike[str]) -> Path:
     """Write ``model`` as a keras-hub preset directory (module docstring) and return its path.
 
-    An existing directory keeps its other files; the preset's files are replaced atomically. Raises
+    An existing directory keeps its other files; the preset's files are replaced atomically, and only in a
+    directory that already is a ``cvt.keras`` preset (a ``config.json`` of another model there is refused,
+    :data:`cvt.core.files.KERAS_PRESET`); a name with a file suffix (``x.keras``) is refused. Raises
     :class:`~cvt.core.errors.WriteError` (one line) when the directory cannot be written, and
     :class:`~cvt.core.errors.CvtError` if the files read back differ from the model (nothing is published then).
     """
+    check_suffix(preset_dir, (), "a preset")
     backbone = model if isinstance(model, CvTBackbone) else model.backbone
     task = isinstance(model, CvTImageClassifier)
 
@@ -102,7 +105,7 @@ def save_to_preset(model: CvTBackbone | CvTImageClassifier, preset_dir: str | os
         if bad:
             raise CvtError(f"{preset_dir}: the preset does not read back as the model (first: {bad[0]}); not written")
 
-    return atomic_write_dir(preset_dir, write, check=check)
+    return atomic_write_dir(preset_dir, write, check=check, kind=KERAS_PRESET)
 
 
 def _preset_dir(preset: Any) -> Path | None:

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..core.config import CvTConfig
 from ..core.errors import UsageError
+from ..core.files import check_suffix
 from ..core.layouts import to_torch
 from ..core.loading import FitReport, Slot, match
 from ..core.presets import default_spec, get_config
@@ -250,7 +251,11 @@ def from_preset(preset: str | os.PathLike[str], load_weights: bool = True, dtype
 def save_native(
     model: CvTImageClassifier | CvTBackbone, path: str | os.PathLike[str], spec: PretrainedSpec | None = None
 ) -> Path:
-    """Our native ``.safetensors`` (config and spec in its metadata): loads in PyTorch, Keras and Flax."""
+    """Our native ``.safetensors`` (config and spec in its metadata): loads in PyTorch, Keras and Flax.
+
+    ``path`` must end in ``.safetensors`` (a ``.h5`` / ``.keras`` is Keras' own format: ``model.save_weights``
+    / ``model.save``); anything else is one :class:`~cvt.core.errors.WriteError` line, nothing written."""
+    check_suffix(path, (".safetensors",), "a native weights file")
     config = model.cvt_config if isinstance(model, CvTImageClassifier) else model.cvt_config.replace(num_classes=0)
     if spec is None:
         spec = getattr(model, "pretrained_cfg", None)

@@ -20,7 +20,7 @@ import torch
 from ..core import native
 from ..core.config import CvTConfig, check_activation
 from ..core.errors import ConfigError, ConversionError
-from ..core.files import atomic_write, atomic_write_dir
+from ..core.files import HF_DIR, NATIVE_DIR, atomic_write, atomic_write_dir, check_suffix
 from ..core.keys import convert_state_dict
 from ..core.labels import LabelSet
 from ..core.loading import FitReport, Slot, match
@@ -79,13 +79,16 @@ def save_native(
 ) -> Path:
     """Our format: ``.safetensors`` with the config and spec JSON in its metadata (self-describing, one file).
 
-    If ``path`` does not end in ``.safetensors`` it is a directory that gets ``model.safetensors`` and a
-    ``config.json`` (published together: :func:`cvt.core.files.atomic_write_dir`).
+    If ``path`` has no suffix it is a directory that gets ``model.safetensors`` and a ``config.json`` (published
+    together: :func:`cvt.core.files.atomic_write_dir`); another suffix (``x.pth``, ``x.h5``) is refused. An
+    existing directory that is not a native one keeps its files, and one holding a ``config.json`` or
+    ``model.safetensors`` is refused (:data:`cvt.core.files.NATIVE_DIR`).
     """
     path = Path(path)
     meta = native.encode_metadata(config, spec)
     if path.suffix == ".safetensors":
         return save_safetensors(sd, path, meta)
+    check_suffix(path, (), "a native weights directory")
     doc = {"format_tag": native.FORMAT_TAG, "config": config.to_dict()}
     if spec is not None:
         doc["spec"] = spec.to_dict()
@@ -95,7 +98,7 @@ def save_native(
         save_safetensors_file(tensors, tmp / "model.safetensors", meta, framework="pt")
         (tmp / "config.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
-    return atomic_write_dir(path, write)
+    return atomic_write_dir(path, write, kind=NATIVE_DIR)
 
 
 def save_hf(
@@ -153,6 +156,7 @@ def _write_hf(
     labels: LabelSet | Sequence[str] | str | None, extra: Mapping[str, str],
 ) -> Path:  # fmt: skip
     """``config.json`` + ``model.safetensors`` + the ``extra`` text files, published together."""
+    check_suffix(directory, (), "an HF directory")
     problem = hf_incompatibility(config)
     if problem is not None:
         raise ConversionError(f"{directory}: cannot write an HF directory: {problem}")
@@ -167,7 +171,7 @@ def _write_hf(
                 continue  # a user's own card stays; ours is replaced
             (tmp / name).write_text(text, encoding="utf-8")
 
-    return atomic_write_dir(directory, write)
+    return atomic_write_dir(directory, write, kind=HF_DIR)
 
 
 def _may_replace_card(path: Path) -> bool:
@@ -181,6 +185,7 @@ def _may_replace_card(path: Path) -> bool:
 
 
 def save_official(sd: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> Path:
-    """A plain pickled state dict with the official key names (what ``microsoft/CvT`` loads)."""
+    """A plain pickled state dict with the official key names (what ``microsoft/CvT`` loads): ``.pth`` / ``.pt``."""
+    check_suffix(path, (".pth", ".pt"), "an official state dict")
     off = _contiguous(convert_state_dict(sd, "native", "official"))
     return atomic_write(path, lambda tmp: torch.save(off, tmp))

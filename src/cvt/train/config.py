@@ -26,8 +26,9 @@ from typing import Any, ClassVar
 
 import yaml
 
+from ..core import bounds
 from ..core.config import ACTIVATIONS, CvTConfig
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, first_line, shorten
 from ..core.hub import is_hub_id
 from ..core.presets import get_checkpoint, get_config, list_models
 from ..core.spec import INTERPOLATIONS
@@ -48,9 +49,10 @@ def option(default: Any, choices: Sequence[str]) -> Any:
     return field(default=default, metadata={"choices": tuple(choices)})
 
 
-def bound(default: Any, rule: str) -> Any:
-    """A field whose value (each value, for a tuple) satisfies ``rule``, e.g. ``"> 0"``, ``"in [0, 1)"``."""
-    return field(default=default, metadata={"bound": rule})
+def bound(default: Any, rule: str, limit: bounds.Limit | None = None) -> Any:
+    """A field whose value (each value, for a tuple) satisfies ``rule``, e.g. ``"> 0"``, ``"in [0, 1)"``; a size that
+    allocates or spawns also stays within ``limit``, the library's bounds policy (:mod:`cvt.core.bounds`)."""
+    return field(default=default, metadata={"bound": rule, "limit": limit})
 
 
 _BOUND = re.compile(r"(?:(>=?) (\S+)|in ([\[(])(\S+), (\S+)([\])]))(?: or null)?")
@@ -69,7 +71,7 @@ def _within(value: Any, rule: str) -> bool:
 
 
 def _bad(key: str, what: str, value: Any) -> TrainConfigError:
-    return TrainConfigError(f"{key}: must be {what}, got {value!r}")
+    return TrainConfigError(f"{key}: must be {what}, got {shorten(value)}")
 
 
 class _Section:
@@ -82,9 +84,11 @@ class _Section:
             value, key = getattr(self, entry.name), f"{self.key}.{entry.name}"
             choices = entry.metadata.get("choices")
             if choices and value is not None and value not in choices:
-                raise TrainConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+                raise TrainConfigError(f"{key}: {shorten(value)} is not one of {', '.join(choices)}")
             if "bound" in entry.metadata and not _within(value, entry.metadata["bound"]):
                 raise _bad(key, entry.metadata["bound"], value)
+            if entry.metadata.get("limit") is not None and value is not None:
+                bounds.check(value, entry.metadata["limit"], key, TrainConfigError)
 
 
 # ---------------------------------------------------------------------------- sections
@@ -131,10 +135,11 @@ class DataSection(_Section):
     root: str | None = None  # folder: the directory holding train/ and val/
     train: str | None = None  # list: CSV (path,label) or JSON file for training
     val: str | None = None  # list: the validation file
-    img_size: int = bound(32, ">= 8")  # training and evaluation resolution
-    batch_size: int = bound(64, ">= 1")  # GLOBAL batch per optimizer step: all processes and accumulation steps
-    eval_batch_size: int = bound(256, ">= 1")  # per process
-    workers: int = bound(1, ">= 0")  # DataLoader worker processes per training process (PIL decoding runs there)
+    img_size: int = bound(32, ">= 8", bounds.IMG_SIZE)  # training and evaluation resolution
+    batch_size: int = bound(64, ">= 1", bounds.BATCH_SIZE)  # GLOBAL batch per optimizer step (all processes, steps)
+    eval_batch_size: int = bound(256, ">= 1", bounds.BATCH_SIZE)  # per process
+    # DataLoader worker processes per training process (PIL decoding runs there); at most 4 x the CPU count
+    workers: int = bound(1, ">= 0", bounds.workers_limit())
     # Evaluation geometry: < 1 resizes the short side to img_size / crop_pct and centre-crops; 1 squashes.
     # 0.875 below 384 is what `cvt predict` assumes for a model of that size (the released checkpoints' rule).
     crop_pct: float = bound(0.875, "in (0, 1]")
@@ -221,7 +226,7 @@ class RunSection(_Section):
     # torch intra-op threads per process (CPU; null: torch's choice). The digits default uses 1: its small
     # matrices gain little from a second thread, and one thread cannot stall on a busy machine (two threads
     # spin-waiting on a shared core made steps 50x slower here).
-    threads: int | None = bound(1, ">= 1 or null")
+    threads: int | None = bound(1, ">= 1 or null", bounds.THREADS)
     ema: float | None = bound(None, "in (0, 1) or null")  # EMA decay (e.g. 0.9998): evaluated and exported instead
     compile: bool = False  # torch.compile the model
     channels_last: bool = False
@@ -323,7 +328,9 @@ def _parse(annotation: Any, value: Any, key: str) -> Any:
         if value is None:
             value = {}
         if not isinstance(value, Mapping):
-            raise TrainConfigError(f"{key or 'config'}: expected a mapping, got {type(value).__name__} {value!r}")
+            raise TrainConfigError(
+                f"{key or 'config'}: expected a mapping, got {type(value).__name__} {shorten(value)}"
+            )
         names = [f.name for f in dataclasses.fields(annotation)]
         unknown = [k for k in value if k not in names]
         if unknown:
@@ -336,7 +343,7 @@ def _parse(annotation: Any, value: Any, key: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise TrainConfigError(
-                f"{key}: expected a list of {len(args)} values, got {type(value).__name__} {value!r}"
+                f"{key}: expected a list of {len(args)} values, got {type(value).__name__} {shorten(value)}"
             )
         return tuple(_parse(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -346,7 +353,7 @@ def _parse(annotation: Any, value: Any, key: str) -> Any:
     if origin is float and number:
         if math.isfinite(value):
             return float(value)
-        raise TrainConfigError(f"{key}: expected a finite number, got {value!r}")
+        raise TrainConfigError(f"{key}: expected a finite number, got {shorten(value)}")
     if origin is int and number and (isinstance(value, int) or value.is_integer()):
         return int(value)  # 3.0 -> 3
     if origin is str and (number or isinstance(value, str)):
@@ -355,7 +362,7 @@ def _parse(annotation: Any, value: Any, key: str) -> Any:
         return value
     if origin is dict and isinstance(value, Mapping):
         return dict(value)
-    raise TrainConfigError(f"{key}: expected {_EXPECTED[origin]}, got {type(value).__name__} {value!r}")
+    raise TrainConfigError(f"{key}: expected {_EXPECTED[origin]}, got {type(value).__name__} {shorten(value)}")
 
 
 def _plain(obj: Any) -> Any:
@@ -367,6 +374,69 @@ def _plain(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- loading
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the document's size bounded as its aliases expand (:mod:`cvt.core.bounds`).
+
+    Composing a document shares an aliased node instead of copying it, so a 348-byte recipe of nine aliases nine
+    deep composes instantly into 9^9 leaves that everything after (type checks, copies, an error message's repr)
+    walks in full. The nodes are counted as if expanded, memoised per shared node, before anything is constructed.
+    """
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None:
+            _expanded_size(node, {}, bounds.YAML_NODES.maximum, self.name)
+        return node
+
+
+def _expanded_size(node: yaml.Node, seen: dict[int, int], limit: float, source: str) -> int:
+    """Nodes under ``node`` with every alias expanded (``seen``: sizes of shared nodes); refused past ``limit``."""
+    if id(node) in seen:
+        return seen[id(node)]
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, seen, limit, source) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(
+            _expanded_size(k, seen, limit, source) + _expanded_size(v, seen, limit, source) for k, v in node.value
+        )
+    if size > limit:
+        raise TrainConfigError(
+            f"{source}: expands to more than {int(limit)} YAML nodes (aliases?); {bounds.YAML_NODES.reason}"
+        )
+    seen[id(node)] = size
+    return size
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """``yaml.safe_load(text)`` with alias expansion and nesting bounded; one :class:`TrainConfigError` line
+    naming ``source`` (a file, ``--set KEY``) for anything that is not a bounded YAML document."""
+    if len(text) > bounds.DOCUMENT_BYTES.maximum:
+        raise TrainConfigError(f"{source}: {len(text)} characters ({bounds.DOCUMENT_BYTES.reason})")
+    loader = _BoundedLoader(text)
+    loader.name = source
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as e:
+        raise TrainConfigError(f"{source}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
+    except RecursionError:
+        raise TrainConfigError(f"{source}: not a usable recipe (YAML nested too deeply)") from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml(path: Path) -> Any:
+    """A recipe file through :func:`load_yaml_text` (refused unread when larger than a recipe can be)."""
+    try:
+        size = path.stat().st_size
+        if size > bounds.DOCUMENT_BYTES.maximum:
+            raise TrainConfigError(f"{path}: {size} bytes ({bounds.DOCUMENT_BYTES.reason})")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise TrainConfigError(f"{path}: unreadable ({first_line(e)})") from None
+    return load_yaml_text(text, str(path))
+
+
 def load_config(
     source: str | Path | Mapping[str, Any] | TrainConfig | None = None,
     overrides: Sequence[str] = (),
@@ -389,10 +459,7 @@ def load_config(
         path = Path(source)
         if not path.is_file():
             raise TrainConfigError(f"--config: {path}: no such file")
-        try:
-            plain = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise TrainConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
+        plain = load_yaml(path) or {}
         if not isinstance(plain, dict):
             raise TrainConfigError(f"{path}: expected a mapping of sections, got {type(plain).__name__}")
     for item in overrides:
@@ -414,8 +481,8 @@ def apply_override(plain: dict[str, Any], item: str) -> None:
     if not sep or not key:
         raise TrainConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=1e-3")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
+        value = load_yaml_text(text, f"--set {key}") if text.strip() else None
+    except TrainConfigError:
         value = text
     parts = key.split(".")
     node = plain

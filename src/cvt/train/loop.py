@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import CvtError, first_line
+from ..core.labels import check_class_indices
 from .distributed import all_gather_objects, all_reduce_sum
 from .optim import set_lr
 from .trainer import EpochStats, Trainer, TrainState
@@ -137,6 +138,7 @@ def _forward_backward(
 
     Returns ``(per-sample losses (b,), logits (b, K), labels (b,))``, detached, on the device.
     """
+    check_class_indices(labels.cpu(), len(trainer.data.classes))  # the rule of every front-end's trainer
     images = images.to(trainer.device, non_blocking=True)
     labels = labels.to(trainer.device, non_blocking=True)
     if trainer.cfg.run.channels_last:

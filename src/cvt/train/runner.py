@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..core.config import CvTConfig
-from ..core.files import atomic_write
+from ..core.files import RUN_HEADER, atomic_write
 from ..data.sources import DigitsImages
 from ..eval import evaluate
 from ..torch.weights import save_native
@@ -151,7 +151,7 @@ def _train(trainer: Trainer, cfg: TrainConfig, notes: list[str], resume: bool, l
         if resume and trainer.resume_from is None:
             trainer.echo(f"no checkpoint in {trainer.out}: starting a fresh run")
         if trainer.dist.is_main:
-            text = "# resolved recipe written by cvt train; run it again with: cvt train --config THIS_FILE\n"
+            text = f"{RUN_HEADER}; run it again with: cvt train --config THIS_FILE\n"  # RUN_DIR's mark
             atomic_write(trainer.out / "config.yaml", lambda tmp: tmp.write_text(text + cfg.to_yaml()))
         _announce(trainer)
         with _tensorboard(trainer) as writer, _name_last_good_checkpoint(trainer):

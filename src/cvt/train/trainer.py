@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import shutil
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from torch import nn
 
 from ..core.config import CvTConfig
 from ..core.errors import CvtError, UsageError, WriteError
-from ..core.files import TEMP_MARK, check_writable, remove_stale_temps
+from ..core.files import RUN_DIR, RUN_HEADER, TEMP_MARK, check_writable, remove_stale_temps
 from ..core.spec import IMAGENET_MEAN, IMAGENET_STD, EvalPreprocess, PretrainedSpec
 from ..data.augment import MixupCutmix, TrainTransform
 from ..data.datasets import EvalSet, TrainSet, collate
@@ -32,7 +34,7 @@ from ..data.transforms import build_eval_transform
 from ..torch.factory import create_model
 from ..torch.runtime import resolve_device
 from . import distributed
-from .checkpoint import find_last
+from .checkpoint import FORMAT, find_last
 from .config import DataSection, TrainConfig, TrainConfigError, validate
 from .distributed import DistInfo
 from .ema import ModelEma
@@ -52,6 +54,68 @@ OWNED_FILES = (
     "summary.json",
     "learning_curve.png",
 )
+
+
+# The keys of summary.json (a summary.json with any other key is not a run's).
+SUMMARY_KEYS = frozenset(
+    [
+        "best_val_top1",
+        "best_epoch",
+        "final",
+        "baseline",
+        "train_seconds",
+        "skipped_images",
+        "skipped_files",
+        "classes",
+        "model",
+        "parameters",
+        "processes",
+    ]
+)
+_PROBE_BYTES = 64 << 20  # a run's metrics.jsonl / checkpoint pickle is far smaller; larger is not ours
+
+
+def is_run_file(path: Path) -> bool:
+    """Whether ``path`` (a name of :data:`OWNED_FILES`, or ``tensorboard``) holds what a run writes there.
+
+    The content decides, so ``--overwrite`` removes only a run's own files: ``config.yaml`` starts with the
+    run's header (:data:`cvt.core.files.RUN_HEADER`), ``metrics.jsonl`` is JSON objects with an ``epoch``,
+    ``summary.json`` an object with the summary's keys only, ``*.pt`` a cvt-torch training checkpoint, a
+    ``.safetensors`` our native file, the plot a Matplotlib PNG, ``tensorboard/`` event files only.
+    """
+    name = path.name
+    try:
+        if path.is_symlink() or (path.is_file() and path.stat().st_size > _PROBE_BYTES * 64):
+            return False
+        if name == "tensorboard":
+            return path.is_dir() and all(p.name.startswith("events.out.tfevents.") for p in path.iterdir())
+        if not path.is_file():
+            return False
+        if name == "config.yaml":
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return f.readline(200).startswith(RUN_HEADER)
+        if name == "metrics.jsonl":
+            rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+            return all(isinstance(r, dict) and "epoch" in r for r in rows)
+        if name == "summary.json":
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(doc, dict) and set(doc) <= SUMMARY_KEYS
+        if name.endswith(".pt"):
+            with zipfile.ZipFile(path) as z:
+                pkl = [i for i in z.infolist() if i.filename.endswith("data.pkl") and i.file_size < _PROBE_BYTES]
+                return any(FORMAT.encode() in z.read(i) for i in pkl)
+        if name.endswith(".safetensors"):
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                head = json.loads(f.read(n)) if 0 < n < _PROBE_BYTES else {}
+            return isinstance(head, dict) and (head.get("__metadata__") or {}).get("format_tag") == "cvt-torch"
+        if name.endswith(".png"):
+            with open(path, "rb") as f:
+                head = f.read(4096)
+            return head.startswith(b"\x89PNG") and b"Matplotlib" in head
+    except (OSError, ValueError, RecursionError, zipfile.BadZipFile, AttributeError):
+        return False
+    return False
 
 
 class TrainError(CvtError, RuntimeError):
@@ -421,6 +485,14 @@ def check_out(out: Path, *, resume: bool = False, overwrite: bool = False) -> li
         return []
     leftovers = [name for name in OWNED_FILES if (out / name).exists()]
     leftovers += ["tensorboard/"] if (out / "tensorboard").is_dir() else []
+    run = RUN_DIR.recognise(out)
+    foreign = [n for n in leftovers if not (run or is_run_file(out / n.rstrip("/")))]
+    if foreign:  # never removed, whatever the flags: --overwrite removes a run's own files only
+        held = f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}"
+        raise TrainError(
+            f"{out}: holds {held} that cvt train did not write (a run's are recognised by their content); "
+            "--overwrite removes only a run's own files: move them, or choose another --out"
+        )
     leftovers += sorted(p.name for p in out.iterdir() if p.name.startswith(".") and TEMP_MARK in p.name)
     if leftovers and not (resume or overwrite):
         held = f"{', '.join(leftovers[:5])}{' ...' if len(leftovers) > 5 else ''}"
