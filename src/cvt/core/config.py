@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -410,9 +411,22 @@ def check_types(obj: Any, prefix: str) -> None:
         if allowed is None:
             continue
         value = getattr(obj, f.name)
+        if _numpy_number(value, str(f.type)):  # a numpy integer / float from Python code: the same number
+            value = int(value) if str(f.type) == "int" else float(value)
+            object.__setattr__(obj, f.name, value)
         ok = isinstance(value, allowed) and (bool in allowed or not isinstance(value, bool))
         if not ok:
             raise ConfigError(f"{prefix}{f.name}: must be {_TYPE_WORDS[str(f.type)]}, got {shorten(value)}")
+
+
+def _numpy_number(value: Any, kind: str) -> bool:
+    """A numpy scalar of the field's kind (``np.int64`` for an int field, any numpy integer or float for a float
+    field): never found in JSON, so it came from Python code and is taken as the number it is."""
+    name = type(value).__module__
+    if name != "numpy" or isinstance(value, (bool, int, float)):
+        return False
+    is_int = isinstance(value, numbers.Integral) and type(value).__name__ != "bool_"
+    return is_int if kind == "int" else kind == "float" and (is_int or isinstance(value, numbers.Real))
 
 
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
