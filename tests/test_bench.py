@@ -169,7 +169,9 @@ ROWS = [
     Row("cases-batch-0", lambda w: ["--cases", "infer-64-b0"], 2, "case 'infer-64-b0': the resolution"),
     Row("cases-too-small", lambda w: ["--cases", "infer-2-b1"], 2, "leave an empty 0x0 map for a 2x2 input"),
     Row("cases-one-value-per-bn-channel", lambda w: ["--cases", "train-3-b1"], 2, "BatchNorm sees one value"),
-    Row("cases-larger-than-memory", lambda w: ["--cases", "infer-200000-b64"], 2, "one activation alone needs"),
+    # refused by the bounds policy (cvt.core.bounds) before the memory estimate is even needed
+    Row("cases-beyond-bounds", lambda w: ["--cases", "infer-200000-b64"], 2, "resolution: 200000 is outside"),
+    Row("cases-larger-than-memory", lambda w: ["--cases", "infer-1024-b8192"], 2, "one activation alone needs"),
     Row("cases-bad-second", lambda w: ["--cases", "infer-64-b1", "infer-x"], 2, "case 'infer-x'"),
     Row("repeats-0", lambda w: ["--repeats", "0"], 2, "argument --repeats: must be >= 1"),
     Row("threads-0", lambda w: ["--threads", "0"], 2, "argument --threads: must be >= 1"),
