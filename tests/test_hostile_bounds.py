@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import signal
 import struct
 import subprocess
 import sys
@@ -29,12 +28,11 @@ from safetensors.numpy import save_file
 
 import cvt
 from conftest import temp_files
-from cvt.cli import main
 from cvt.core import pickles
 from cvt.core.spec import PretrainedSpec
 from cvt.torch.weights import save_native
+from test_hostile import LIMIT_S, _run_bounded
 
-LIMIT_S = 60
 MEMORY_LIMIT = 4 * 2**30  # RLIMIT_AS of the child: torch's import needs ~1-2 GiB of address space, the bombs 3+ GiB
 
 
@@ -245,28 +243,6 @@ ROWS = [
     Row("info-hf-num-channels-string", _info("hf-channels-string"), 1, "in_chans"),
     Row("info-pickle-deeply-nested", _info("deep.pth"), 1, "deep.pth"),
 ]
-
-
-class _Timeout(Exception):
-    pass
-
-
-def _run_bounded(argv: list[str]) -> tuple[int, float]:
-    def alarm(signum, frame):
-        raise _Timeout(f"{' '.join(argv)}: still running after {LIMIT_S} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(LIMIT_S)
-    t0 = time.perf_counter()
-    try:
-        try:
-            code = main(argv)
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-    return code, time.perf_counter() - t0
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])

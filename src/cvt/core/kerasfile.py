@@ -65,15 +65,9 @@ _GROUP_NAMES = {"layer_normalization": "norm", "dense": "head"}  # the classifie
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{path}: not valid JSON ({first_line(e)})") from None
-    except RecursionError:
-        raise WeightsError(f"{path}: not a usable config (JSON nested too deeply)") from None
-    if not isinstance(d, dict):
-        raise WeightsError(f"{path}: expected a JSON object, got {type(d).__name__}")
-    return d
+    from .weights import read_json_object  # (cvt.core.weights reads presets through this module)
+
+    return read_json_object(path)
 
 
 def is_preset(directory: Path) -> bool:

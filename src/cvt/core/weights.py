@@ -245,7 +245,7 @@ def read_arrays(
         out.described_by = "native"
     config_json = weight_file.parent / "config.json"
     if out.config is None and config_json.is_file():
-        d = _read_config_json(config_json)
+        d = read_json_object(config_json)
         if native.is_native(d):
             out.config, out.spec = native.decode_metadata(d, config_json)
             out.described_by = "native"
@@ -281,9 +281,9 @@ def read_arrays(
     return out
 
 
-def _read_config_json(path: Path) -> dict[str, Any]:
-    """An HF or native ``config.json`` as a dict: one :class:`WeightsError` line naming it for anything else (not
-    JSON, a list, nested past the parser's depth, larger than a config could be)."""
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON config file (HF, native, a Keras preset's) as a dict: one :class:`WeightsError` line naming it for
+    anything else (not JSON, a list, nested past the parser's depth, larger than a config could be)."""
     try:
         if path.stat().st_size > bounds.DOCUMENT_BYTES.maximum:
             raise WeightsError(f"{path}: {path.stat().st_size} bytes ({bounds.DOCUMENT_BYTES.reason})")
